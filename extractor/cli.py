@@ -1,0 +1,47 @@
+"""Subcommands of the data side: config, db, parcels, aoi, catalog (and extract, see extractor/extract)."""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from cbm.cli import add_command, add_group
+from extractor import settings as settings_mod
+
+
+def load_settings(args):
+    return settings_mod.load(getattr(args, "config", None))
+
+
+# -- config -------------------------------------------------------------------------------
+def cmd_config_show(args) -> int:
+    s = load_settings(args)
+    print(f"# settings file: {s.source or 'none (defaults + environment)'}")
+    print(yaml.safe_dump(s.as_dict(masked=True), sort_keys=False), end="")
+    return 0
+
+
+# -- db -----------------------------------------------------------------------------------
+def cmd_db_init(args) -> int:
+    from extractor import db, schema
+
+    s = load_settings(args)
+    with db.session(s) as conn:
+        schema.init_schema(conn, s)
+    print(f"schema ready in {db.describe(s)} (schema {s.db.schema})")
+    return 0
+
+
+def register(sub) -> None:
+    config = add_group(sub, "config", "show the effective settings")
+    add_command(config, "show", cmd_config_show, "print the effective settings (secrets masked)")
+
+    dbg = add_group(sub, "db", "the CbM database: schema, backups")
+    add_command(dbg, "init", cmd_db_init, "create or update the CbM tables (idempotent)")
+
+    # Commands of the extraction engine register themselves here (extractor/extract/cli.py).
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `cbm` command")

@@ -1,0 +1,81 @@
+"""Database connections and safe SQL building.
+
+Identifiers from config (schema, table names) are validated (extractor.settings.check_identifier)
+and quoted with psycopg2.sql.Identifier; values always go as query parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg2
+from psycopg2 import sql
+
+from cbm.errors import CbmError
+from extractor.settings import Settings, check_identifier, read_secret_file
+
+
+def connect_kwargs(settings: Settings) -> dict:
+    """libpq keywords from the settings; empty keys are left to libpq (PG* variables, defaults)."""
+    db = settings.db
+    kwargs = {"application_name": "cbm", "connect_timeout": db.connect_timeout}
+    for key, value in (("host", db.host), ("port", db.port), ("dbname", db.name), ("user", db.user)):
+        if value not in (None, ""):
+            kwargs[key] = value
+    if db.password_file:
+        kwargs["password"] = read_secret_file(db.password_file, "db.password_file")
+    return kwargs
+
+
+def describe(settings: Settings) -> str:
+    """Where we connect, for messages: host:port/db as user (never the password)."""
+    import os
+
+    db = settings.db
+    host = db.host or os.environ.get("PGHOST") or "local socket"
+    port = db.port or os.environ.get("PGPORT") or 5432
+    name = db.name or os.environ.get("PGDATABASE") or "(default db)"
+    user = db.user or os.environ.get("PGUSER") or "(default user)"
+    return f"{host}:{port}/{name} as {user}"
+
+
+def connect(settings: Settings):
+    """Open a connection or fail with one line naming the server and the fix."""
+    try:
+        conn = psycopg2.connect(**connect_kwargs(settings))
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        raise CbmError(
+            f"cannot connect to the database {describe(settings)}: {reason}; "
+            "check the db settings (cbm config show) or the PG* variables"
+        ) from None
+    return conn
+
+
+@contextlib.contextmanager
+def session(settings: Settings):
+    """A connection whose work is committed on success and rolled back on any error."""
+    conn = connect(settings)
+    try:
+        with conn:
+            yield conn
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        raise CbmError(f"lost the database {describe(settings)}: {reason}; nothing was committed") from None
+    finally:
+        conn.close()
+
+
+def table(settings: Settings, key_or_name: str) -> sql.Composed:
+    """A schema-qualified, quoted table: a key of settings.tables ('sigs') or a validated name."""
+    name = getattr(settings.tables, key_or_name, None) or check_identifier(key_or_name, "table")
+    return sql.SQL("{}.{}").format(sql.Identifier(settings.db.schema), sql.Identifier(name))
+
+
+def table_exists(conn, settings: Settings, name: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (settings.db.schema, name),
+        )
+        return cur.fetchone() is not None

@@ -1,0 +1,89 @@
+"""The CbM database schema: `cbm db init` (idempotent, safe to re-run on a live database).
+
+Tables keep the seed's names, columns and types so existing CbM tools keep reading them:
+  aois(name, wkb_geometry Polygon 4326)
+  dias_catalogue(id, obstime, reference, sensor, card, status, footprint)
+  sigs(pid, obsid, band, count, mean, std, min, max, p25, p50, p75)
+  hists(pid, obsid, hist json)
+Differences from the seed, all additive:
+  * dias_catalogue.footprint is MultiPolygon (real S1 replies have MultiPolygons); a seed
+    database with a Polygon column is converted in place (ST_Multi).
+  * dias_catalogue gains product_path (the /eodata path from the catalog), tile, epsg
+    (the scene's UTM EPSG for S2), processing_baseline, synced_at.
+  * extraction_runs tracks every extraction run of a scene per resolution (-1 = SCL histograms,
+    10, 20), with claim owner, lease, attempts and the full error text, so the runs of one card
+    never reset each other's statuses (see extractor/extract/claims.py).
+"""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from extractor.db import table
+from extractor.settings import Settings
+
+STATUS_LENGTH = 24  # varchar(24) as in the seed; every status we write must fit (tested)
+
+
+def statements(settings: Settings) -> list[sql.Composable]:
+    t = {key: table(settings, key) for key in ("aois", "catalogue", "sigs", "hists")}
+    runs = table(settings, "extraction_runs")
+    names = vars(settings.tables)
+    ix = lambda suffix, base="catalogue": sql.Identifier(f"{names[base]}_{suffix}")  # noqa: E731
+    return [
+        sql.SQL("CREATE EXTENSION IF NOT EXISTS postgis"),
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} (name text, wkb_geometry geometry(Polygon, 4326))").format(t["aois"]),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " id serial PRIMARY KEY,"
+            " obstime timestamp without time zone NOT NULL,"
+            " reference character varying(120) NOT NULL,"
+            " sensor character(2) NOT NULL,"
+            " card character(2) NOT NULL,"
+            " status character varying({}) DEFAULT 'ingested' NOT NULL,"
+            " footprint geometry(MultiPolygon, 4326))"
+        ).format(t["catalogue"], sql.Literal(STATUS_LENGTH)),
+        # A seed database: widen Polygon footprints to MultiPolygon, keep everything else.
+        sql.SQL(
+            "DO $$ BEGIN IF (SELECT type FROM geometry_columns WHERE f_table_schema = {s}"
+            " AND f_table_name = {n} AND f_geometry_column = 'footprint') = 'POLYGON' THEN"
+            " ALTER TABLE {t} ALTER COLUMN footprint TYPE geometry(MultiPolygon, 4326) USING ST_Multi(footprint);"
+            " END IF; END $$"
+        ).format(s=sql.Literal(settings.db.schema), n=sql.Literal(names["catalogue"]), t=t["catalogue"]),
+        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS product_path text,"
+                " ADD COLUMN IF NOT EXISTS tile text,"
+                " ADD COLUMN IF NOT EXISTS epsg integer,"
+                " ADD COLUMN IF NOT EXISTS processing_baseline real,"
+                " ADD COLUMN IF NOT EXISTS synced_at timestamptz DEFAULT now()").format(t["catalogue"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (footprint)").format(ix("footprint_idx"), t["catalogue"]),
+        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} USING btree (reference)").format(ix("reference_idx"), t["catalogue"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (card, status, obstime)").format(ix("card_status_idx"), t["catalogue"]),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (pid integer, obsid integer, band character(3),"
+            " count real, mean real, std real, min real, max real, p25 real, p50 real, p75 real)"
+        ).format(t["sigs"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (band)").format(ix("bidx", "sigs"), t["sigs"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (obsid)").format(ix("obsidx", "sigs"), t["sigs"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (pid)").format(sql.Identifier(f"{names['sigs']}_pid"), t["sigs"]),
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} (pid integer, obsid integer, hist json)").format(t["hists"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (obsid)").format(sql.Identifier("hist_obsidx" if names["hists"] == "hists" else f"{names['hists']}_obsidx"), t["hists"]),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (pid)").format(sql.Identifier("hist_pidx" if names["hists"] == "hists" else f"{names['hists']}_pidx"), t["hists"]),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {runs} ("
+            " obsid integer NOT NULL REFERENCES {cat} (id) ON DELETE CASCADE,"
+            " res smallint NOT NULL,"
+            " status character varying({n}) NOT NULL DEFAULT 'ingested',"
+            " owner text, claimed_at timestamptz, lease_until timestamptz,"
+            " attempts integer NOT NULL DEFAULT 0,"
+            " detail text, rows integer, finished_at timestamptz,"
+            " PRIMARY KEY (obsid, res))"
+        ).format(runs=runs, cat=t["catalogue"], n=sql.Literal(STATUS_LENGTH)),
+    ]
+
+
+def init_schema(conn, settings: Settings) -> None:
+    """Create or update every table and index; one transaction, so a failure changes nothing."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db.schema)))
+        for stmt in statements(settings):
+            cur.execute(stmt)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real throwaway PostGIS (no mocks of the database anywhere) and a way to
+run the real `cbm` command as a user would."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from extractor.localdb import LocalPostgis
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = Path(os.environ.get("CBM_SHARED_FIXTURES", SHARED / "fixtures"))
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgis():
+    """One PostGIS server for the session, with a template database that has the extension."""
+    with LocalPostgis() as pg:
+        pg.psql("CREATE DATABASE cbm_template")
+        pg.psql("CREATE EXTENSION postgis", dbname="cbm_template")
+        yield pg
+
+
+@pytest.fixture
+def dbenv(postgis, tmp_path, monkeypatch):
+    """A fresh, empty database for one test; PG* variables point at it (also for subprocesses).
+
+    Returns the environment dict; `dbenv.conn()` opens a psycopg2 connection to it."""
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    postgis.psql(f"CREATE DATABASE {name} TEMPLATE cbm_template")
+    env = postgis.env(name)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # Keep the user's own settings out of the tests.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CBM_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield DbEnv(env, name)
+    postgis.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class DbEnv(dict):
+    def __init__(self, env: dict, name: str):
+        super().__init__(env)
+        self.name = name
+
+    def conn(self):
+        c = psycopg2.connect(**{"host": self["PGHOST"], "port": self["PGPORT"], "user": self["PGUSER"],
+                                "dbname": self["PGDATABASE"], "passfile": self["PGPASSFILE"]})
+        c.autocommit = True
+        return c
+
+    def query(self, sql: str, params=None):
+        with self.conn() as c, c.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+
+
+def run_cbm(*args: str, env: dict | None = None, input: str | None = None, timeout: int = 600):
+    """Run the real `cbm` command in a subprocess, as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cbm", *args], env=full_env, input=input,
+                          capture_output=True, text=True, timeout=timeout, cwd=os.getcwd())
+
+
+def assert_one_line_error(proc, *needles: str, code: int | None = None):
+    """A user mistake: non-zero exit, one line on stderr, no traceback, naming what is wrong."""
+    assert proc.returncode != 0, proc.stdout
+    if code is not None:
+        assert proc.returncode == code, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle.lower() in err.lower(), err
+    return err
