@@ -40,7 +40,14 @@ def register(sub) -> None:
     dbg = add_group(sub, "db", "the CbM database: schema, backups")
     add_command(dbg, "init", cmd_db_init, "create or update the CbM tables (idempotent)")
 
-    # Commands of the extraction engine register themselves here (extractor/extract/cli.py).
+    # Each area registers its own commands, next to its code.
+    from extractor import aoi, catalog, parcels
+    from extractor.extract import cli as extract_cli
+
+    parcels.register(sub)
+    aoi.register(sub)
+    catalog.register(sub)
+    extract_cli.register(sub)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""The extraction engine: per parcel and scene zonal statistics into sigs / hists."""
