@@ -1,0 +1,5 @@
+"""(work in progress)"""
+
+
+def register(sub) -> None:
+    """Add the `cbm configure` command."""
