@@ -8,6 +8,8 @@ Tables keep the seed's names, columns and types so existing CbM tools keep readi
 Differences from the seed, all additive:
   * dias_catalogue.footprint is MultiPolygon (real S1 replies have MultiPolygons); a seed
     database with a Polygon column is converted in place (ST_Multi).
+  * dias_catalogue.card is varchar(3) (the seed's char(2) cannot hold 'c12'; a seed database
+    is converted in place, values read the same).
   * dias_catalogue gains product_path (the /eodata path from the catalog), tile, epsg
     (the scene's UTM EPSG for S2), processing_baseline, synced_at.
   * extraction_runs tracks every extraction run of a scene per resolution (-1 = SCL histograms,
@@ -39,7 +41,7 @@ def statements(settings: Settings) -> list[sql.Composable]:
             " obstime timestamp without time zone NOT NULL,"
             " reference character varying(120) NOT NULL,"
             " sensor character(2) NOT NULL,"
-            " card character(2) NOT NULL,"
+            " card character varying(3) NOT NULL,"
             " status character varying({}) DEFAULT 'ingested' NOT NULL,"
             " footprint geometry(MultiPolygon, 4326))"
         ).format(t["catalogue"], sql.Literal(STATUS_LENGTH)),
@@ -49,6 +51,12 @@ def statements(settings: Settings) -> list[sql.Composable]:
             " AND f_table_name = {n} AND f_geometry_column = 'footprint') = 'POLYGON' THEN"
             " ALTER TABLE {t} ALTER COLUMN footprint TYPE geometry(MultiPolygon, 4326) USING ST_Multi(footprint);"
             " END IF; END $$"
+        ).format(s=sql.Literal(settings.db.schema), n=sql.Literal(names["catalogue"]), t=t["catalogue"]),
+        # A seed database: card char(2) cannot hold 'c12'; varchar(3) reads the same for the others.
+        sql.SQL(
+            "DO $$ BEGIN IF (SELECT data_type FROM information_schema.columns WHERE table_schema = {s}"
+            " AND table_name = {n} AND column_name = 'card') = 'character' THEN"
+            " ALTER TABLE {t} ALTER COLUMN card TYPE character varying(3); END IF; END $$"
         ).format(s=sql.Literal(settings.db.schema), n=sql.Literal(names["catalogue"]), t=t["catalogue"]),
         sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS product_path text,"
                 " ADD COLUMN IF NOT EXISTS tile text,"
