@@ -66,6 +66,22 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "path_style": True,
         "https": True,
     },
+    "extract": {               # the extraction workers (extractor/extract, docs/extraction.md)
+        "aoi": None,           # AOI name in the aois table (or --aoi)
+        "parcels": None,       # parcel table (or --parcels)
+        "start": None,         # YYYY-MM-DD, first obstime (inclusive; or --start)
+        "end": None,           # YYYY-MM-DD, last obstime (exclusive; or --end)
+        "lease": 300,          # seconds a claim stays valid without a heartbeat
+        "max_attempts": 3,     # claims of one scene run before it gets the status 'Max attempts'
+        "poll": 5.0,           # seconds between looks while other workers still hold leases
+        "threads": "ALL_CPUS", # GDAL_NUM_THREADS for decoding
+        "s2_runs": "-1,10,20", # the runs that make an s2 scene 'extracted'
+        "s2_scl_band": "SCL",
+        "s2_10_bands": "B02,B03,B04,B08",
+        "s2_20_bands": "B05,B06,B07,B8A,B11,B12",
+        "bs_bands": "VV,VH",
+        "c6_bands": "VV,VH",
+    },
 }
 
 SECRET_KEYS = {("s3", "access_key"), ("s3", "secret_key")}
