@@ -86,6 +86,31 @@ def statements(settings: Settings) -> list[sql.Composable]:
             " detail text, rows integer, finished_at timestamptz,"
             " PRIMARY KEY (obsid, res))"
         ).format(runs=runs, cat=t["catalogue"], n=sql.Literal(STATUS_LENGTH)),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (res, status)").format(
+            sql.Identifier("extraction_runs_res_status_idx"), runs),
+        # The rasterized parcels, shared by all workers (extractor/extract/rasterize.py).
+        *grid_store_statements(settings),
+    ]
+
+
+def grid_store_statements(settings: Settings) -> list[sql.Composable]:
+    """extract_grids: one row per (parcel table, CRS, pixel grid); extract_grid_blocks: the pixel
+    runs of its parcels, one compressed bytea per block of the grid."""
+    grids, blocks = table(settings, "extract_grids"), table(settings, "extract_grid_blocks")
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " id serial PRIMARY KEY, parcels text NOT NULL, crs text NOT NULL,"
+            " res_x double precision NOT NULL, res_y double precision NOT NULL,"
+            " phase_x double precision NOT NULL, phase_y double precision NOT NULL,"
+            " block integer NOT NULL, source_oid bigint NOT NULL, source_rows bigint NOT NULL,"
+            " parcels_n integer NOT NULL, runs_n bigint NOT NULL, built_at timestamptz DEFAULT now(),"
+            " UNIQUE (parcels, crs, res_x, res_y, phase_x, phase_y))").format(grids),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " grid_id integer NOT NULL REFERENCES {} (id) ON DELETE CASCADE,"
+            " brow integer NOT NULL, bcol integer NOT NULL, runs_n integer NOT NULL, data bytea NOT NULL,"
+            " PRIMARY KEY (grid_id, brow, bcol))").format(blocks, grids),
     ]
 
 
