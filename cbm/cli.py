@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        for name, default in (("config", None), ("verbose", 1), ("quiet", False)):
+        for name, default in (("config", None), ("verbose", 0), ("quiet", False)):
             if not hasattr(args, name):
                 setattr(args, name, default)
         setup_logging(args.verbose, args.quiet)
