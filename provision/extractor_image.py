@@ -1,0 +1,93 @@
+"""The extractor image: what the swarm service runs (`cbm extract run` with numba, rasterio, psycopg2).
+
+Built on the operator's machine from a base image and a wheelhouse of the project and the worker's
+own dependencies (no compiler, no network inside the build), then handed to the hosts with
+`docker save` / `docker load` (see roles/extractor). In production the base is the official
+`debian:bookworm-slim` (pulled); the sandbox and the tests, where nothing can be pulled, use the
+debootstrapped `cbm-sandbox/base:bookworm`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cbm import __version__
+from cbm.errors import CbmError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = f"cbm/extractor:{__version__}"
+PRODUCTION_BASE = "debian:bookworm-slim"
+LABEL = "cbm.extractor.recipe"
+# What a worker needs at run time; the cloud-side tools (openstacksdk, ansible, fabric) stay out.
+WORKER_REQUIREMENTS = ["numba", "numpy", "rasterio", "psycopg2-binary", "pyyaml", "rich"]
+
+DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates \\
+ && rm -rf /var/lib/apt/lists/*
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/cbm \\
+ && /opt/cbm/bin/pip install -q --no-index --find-links /tmp/wheels {requirements} \\
+ && /opt/cbm/bin/pip install -q --no-index --no-deps /tmp/wheels/cbm_onboard-*.whl \\
+ && rm -rf /tmp/wheels /root/.cache
+ENV PATH=/opt/cbm/bin:$PATH NUMBA_CACHE_DIR=/tmp/numba-cache PYTHONUNBUFFERED=1
+LABEL {label}={recipe}
+ENTRYPOINT ["cbm"]
+CMD ["extract", "run", "--help"]
+"""
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    for pkg in ("cbm", "extractor"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    h.update((REPO / "pyproject.toml").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _image_recipe(image: str) -> str | None:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{LABEL}"}}}}', image],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def build(base: str = PRODUCTION_BASE, image: str = IMAGE, rebuild: bool = False) -> str:
+    """Build the extractor image unless one with the same sources and base exists. Returns its name."""
+    recipe = hashlib.sha256(f"{_sources_digest()} {base} {DOCKERFILE}".encode()).hexdigest()[:16]
+    if not rebuild and _image_recipe(image) == recipe:
+        return image
+    log.warning("building %s from %s", image, base)
+    with tempfile.TemporaryDirectory(prefix="cbm-extractor-image-") as tmp:
+        ctx = Path(tmp)
+        wheels = ctx / "wheels"
+        pip = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels)]
+        for cmd in (pip + WORKER_REQUIREMENTS, pip + ["--no-deps", str(REPO)]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise CbmError(f"building the extractor wheelhouse failed: {proc.stderr.strip().splitlines()[-1:]}")
+        (ctx / "Dockerfile").write_text(DOCKERFILE.format(
+            base=base, requirements=" ".join(WORKER_REQUIREMENTS), label=LABEL, recipe=recipe))
+        proc = subprocess.run(["docker", "build", "-q", "-t", image, str(ctx)], capture_output=True, text=True,
+                              env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/bin"})
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise CbmError(f"docker build of {image} failed: {tail}")
+    return image
+
+
+def save(image: str, out: Path) -> Path:
+    """`docker save` the image to a tarball (for `docker load` on hosts without a registry)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["docker", "save", "-o", str(out), image], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CbmError(f"docker save {image} failed: {proc.stderr.strip()}")
+    return out
