@@ -1,0 +1,174 @@
+"""Deployment specs: the committed examples load, bad specs give one clear line naming the key; the
+local state (SSH key) is private; the inventory is one Ansible reads with the right groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, assert_one_line_error, run_cbm
+from provision import inventory, spec as specs, state
+
+EXAMPLE = REPO / "inventories" / "example" / "deployment.yml"
+SANDBOX = REPO / "inventories" / "sandbox" / "deployment.yml"
+
+
+def base_spec() -> dict:
+    return yaml.safe_load(SANDBOX.read_text())
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No user clouds.yaml or state leaks in: an empty clouds.yaml and a private state root."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds: {}\n")
+    env = {"OS_CLIENT_CONFIG_FILE": str(clouds), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "HOME": str(tmp_path / "home")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+def write_spec(tmp_path: Path, data: dict, name: str = "deployment.yml") -> Path:
+    folder = tmp_path / "inv"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_committed_examples_load_and_never_open_ports_to_the_world():
+    for path in (EXAMPLE, SANDBOX):
+        s = specs.load(path)
+        assert s.db_port == 11039 and s.ssh_user == "eouser"
+        assert s.ingress.ssh, path
+        for cidr in (*s.ingress.ssh, *s.ingress.db):
+            assert not cidr.endswith("/0"), (path, cidr)
+    example = specs.load(EXAMPLE)
+    assert example.networks.eodata == "eodata" and example.networks.floating_pool == "external"
+    assert example.image == "Ubuntu 22.04 LTS" and example.manager_flavor.startswith("eo2a.")
+    assert "jrc" in EXAMPLE.read_text().lower(), "the JRC support key placeholder is documented"
+    sandbox = specs.load(SANDBOX)
+    assert (sandbox.cloud, sandbox.workers, sandbox.networks.private) == ("cbm-sandbox", 2, "cbm-private")
+    assert sandbox.inventory_path == SANDBOX.parent / "hosts.yml"
+
+
+def test_defaults_apply():
+    data = base_spec()
+    for key in ("db_port", "ssh_user", "prefix", "timeouts", "tags", "extra_authorized_keys"):
+        data.pop(key, None)
+    s = specs.parse(data, Path("/x/deployment.yml"))
+    assert (s.db_port, s.ssh_user, s.prefix, s.wait_timeout) == (11039, "eouser", "cbm-sandbox", 900)
+    assert s.manager_name == "cbm-sandbox-manager" and s.worker_name(2) == "cbm-sandbox-worker-2"
+
+
+@pytest.mark.parametrize("mutate, needles", [
+    (lambda d: d.pop("ingress"), ["'ingress'", "required", "no default"]),
+    (lambda d: d["ingress"].pop("ssh"), ["'ingress.ssh'", "required"]),
+    (lambda d: d["ingress"].pop("db"), ["'ingress.db'", "required"]),
+    (lambda d: d["ingress"].update(ssh=["0.0.0.0/0"]), ["'ingress.ssh'", "whole internet"]),
+    (lambda d: d["ingress"].update(db=["::/0"]), ["'ingress.db'", "whole internet"]),
+    (lambda d: d["ingress"].update(db=["10.1.2.3/8"]), ["'ingress.db'", "not a cidr"]),
+    (lambda d: d.update(workers="two"), ["'workers'", "whole number", "'two'"]),
+    (lambda d: d.update(workers=-1), ["'workers'", "between 0 and 100"]),
+    (lambda d: d.pop("cloud"), ["'cloud'", "required"]),
+    (lambda d: d["flavors"].pop("worker"), ["'flavors.worker'", "required"]),
+    (lambda d: d.update(volume={"size": "big"}), ["'volume.size'", "whole number"]),
+    (lambda d: d["networks"].pop("eodata"), ["'networks.eodata'", "required"]),
+    (lambda d: d.update(db_port=2377), ["'db_port'", "swarm"]),
+    (lambda d: d.update(colour="blue"), ["'colour'", "unknown key"]),
+    (lambda d: d.update(name="Bad Name"), ["'name'", "not valid"]),
+    (lambda d: d.update(extra_authorized_keys=["ssh-rsa AAAAnotakey"]), ["'extra_authorized_keys'", "damaged"]),
+    (lambda d: d.update(tags=["a,b"]), ["'tags'"]),
+])
+def test_bad_spec_gives_one_line_naming_the_key(isolated, tmp_path, mutate, needles):
+    data = base_spec()
+    mutate(data)
+    path = write_spec(tmp_path, data)
+    proc = run_cbm("plan", str(path))
+    assert_one_line_error(proc, str(path), *needles, code=2)
+
+
+def test_unreadable_specs(isolated, tmp_path):
+    assert_one_line_error(run_cbm("up", str(tmp_path / "nope.yml")), "nope.yml", "no such", code=2)
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: [unclosed\n")
+    assert_one_line_error(run_cbm("plan", str(bad)), "bad.yml", "yaml", code=2)
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    assert_one_line_error(run_cbm("down", "--yes", str(empty)), "empty.yml", "empty", code=2)
+
+
+def test_unknown_cloud_is_one_line(isolated, tmp_path):
+    path = write_spec(tmp_path, {**base_spec(), "cloud": "no-such-cloud"})
+    for args in (["plan", str(path)], ["up", str(path)], ["down", "--yes", str(path)]):
+        assert_one_line_error(run_cbm(*args), "'cloud'", "no-such-cloud", "not defined", code=2)
+
+
+def test_unreachable_cloud_is_one_line(isolated, tmp_path):
+    Path(isolated["OS_CLIENT_CONFIG_FILE"]).write_text(yaml.safe_dump({"clouds": {"gone": {
+        "auth_type": "password", "region_name": "RegionOne",
+        "auth": {"auth_url": "http://127.0.0.1:9/identity/v3", "username": "u", "password": "s3cret-pw",
+                 "project_name": "p", "user_domain_name": "Default", "project_domain_name": "Default"}}}}))
+    path = write_spec(tmp_path, {**base_spec(), "cloud": "gone"})
+    err = assert_one_line_error(run_cbm("plan", str(path)), "gone", "cannot reach", code=1)
+    assert "s3cret-pw" not in err
+
+
+def test_ssh_key_is_private_and_stable(isolated):
+    public = state.ensure_ssh_key("dk")
+    folder = Path(isolated["XDG_STATE_HOME"]) / "cbm" / "dk"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert public.startswith("ssh-ed25519 ")
+    assert state.ensure_ssh_key("dk") == public
+    # ssh-keygen accepts the private key and derives the same public key
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(folder / "id_ed25519")], capture_output=True,
+                             text=True, check=True).stdout
+    assert state.same_key(derived, public)
+
+
+def test_forget_hosts_drops_only_given_addresses(isolated):
+    state.ensure_ssh_key("dk")
+    kh = state.known_hosts_path("dk")
+    kh.write_text("10.0.0.5 ssh-ed25519 AAAA1\n[10.0.0.6]:2222 ssh-ed25519 AAAA2\n10.0.0.7 ssh-ed25519 AAAA3\n")
+    state.forget_hosts("dk", {"10.0.0.5", "10.0.0.6"})
+    assert kh.read_text() == "10.0.0.7 ssh-ed25519 AAAA3\n"
+    assert stat.S_IMODE(kh.stat().st_mode) == 0o600
+
+
+def test_inventory_is_what_ansible_reads(isolated, tmp_path):
+    s = specs.parse(base_spec(), write_spec(tmp_path, base_spec()))
+    state.ensure_ssh_key(s.name)
+    hosts = [inventory.Host("cbm-sandbox-manager", "manager", "10.0.0.10", "id-m"),
+             inventory.Host("cbm-sandbox-worker-1", "worker", "10.0.0.11", "id-1"),
+             inventory.Host("cbm-sandbox-worker-2", "worker", "10.0.0.12", "id-2")]
+    path = inventory.write(s, hosts, manager_ip="192.0.2.7", data_device="/dev/vdb", volume_id="vol-1")
+    assert path == tmp_path / "inv" / "hosts.yml"
+    ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
+    out = subprocess.run([str(ansible_inventory), "-i", str(path), "--list"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"}).stdout
+    inv = json.loads(out)
+    assert inv["manager"]["hosts"] == ["cbm-sandbox-manager"]
+    assert sorted(inv["workers"]["hosts"]) == ["cbm-sandbox-worker-1", "cbm-sandbox-worker-2"]
+    m = inv["_meta"]["hostvars"]["cbm-sandbox-manager"]
+    w = inv["_meta"]["hostvars"]["cbm-sandbox-worker-2"]
+    assert (m["ansible_host"], m["cbm_data_device"], m["cbm_db_port"], m["ansible_user"]) == \
+        ("192.0.2.7", "/dev/vdb", 11039, "eouser")
+    assert (w["ansible_host"], w["private_ip"], w["cbm_deployment"]) == ("10.0.0.12", "10.0.0.12", "sandbox")
+    key = Path(m["ansible_ssh_private_key_file"])
+    assert key.parent == Path(isolated["XDG_STATE_HOME"]) / "cbm" / "sandbox" and key.exists()
+    for hv in (m, w):
+        assert "StrictHostKeyChecking=accept-new" in hv["ansible_ssh_common_args"]
+        assert str(state.known_hosts_path("sandbox")) in hv["ansible_ssh_common_args"]
+    assert "ProxyCommand" in w["ansible_ssh_common_args"] and "eouser@192.0.2.7" in w["ansible_ssh_common_args"]
+    assert "ProxyCommand" not in m["ansible_ssh_common_args"]
