@@ -1,5 +1,478 @@
-"""(work in progress)"""
+"""`cbm parcels load` and `cbm parcels zones`: parcel tables as ogr2ogr would make them, and the
+UTM zones the extraction needs over an AOI.
+
+A parcel table has the attributes of the source file (names laundered as ogr2ogr does: lower
+case, anything but letters, digits and _ replaced by _), an integer primary key `ogc_fid` and
+`wkb_geometry geometry(MultiPolygon, <source EPSG>)` with a GiST index, so the seed's SQL keeps
+working. Loading is one transaction: the file is streamed with COPY into a temporary staging
+table, classified and repaired there (ST_MakeValid, polygonal parts kept), and only then the
+table is created (or replaced with --replace). Any failure leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+
+from cbm.cli import add_command, add_group
+from cbm.errors import UserError
+
+CARDS = ("s2", "bs", "c6", "c12")
+INT32_MAX = 2**31 - 1
+IDENT_BYTES = 63
+
+
+# -- names ----------------------------------------------------------------------------------
+def parcel_table(settings, name: str):
+    """(name, quoted schema.table) for a parcel table given on the command line.
+
+    Names are lower-cased as ogr2ogr does, so unquoted SQL (the seed's) finds them; the CbM
+    tables themselves (aois, dias_catalogue, ...) are refused."""
+    from psycopg2 import sql
+
+    from extractor.settings import check_identifier
+
+    check_identifier(name, "parcel table")
+    name = name.lower()
+    own = set(vars(settings.tables).values()) | {"extraction_runs", "spatial_ref_sys"}
+    if name in own:
+        raise UserError(f"parcel table {name!r} is one of CbM's own tables; choose another --table name")
+    return name, sql.SQL("{}.{}").format(sql.Identifier(settings.db.schema), sql.Identifier(name))
+
+
+def launder(names: list[str]) -> list[str]:
+    """Column names as ogr2ogr's PostgreSQL driver makes them, made unique and kept off our own."""
+    taken = {"ogc_fid", "wkb_geometry"}
+    out = []
+    for i, raw in enumerate(names, 1):
+        base = re.sub(r"\W", "_", str(raw).strip().lower()) or f"field_{i}"
+        base = base.encode()[:IDENT_BYTES].decode(errors="ignore")
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            suffix = f"_{k}"
+            name = base.encode()[: IDENT_BYTES - len(suffix)].decode(errors="ignore") + suffix
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+# -- Arrow columns -> PostgreSQL columns fed by COPY (CSV) ---------------------------------------
+def pg_type(t) -> str:
+    import pyarrow as pa
+    import pyarrow.types as at
+
+    if at.is_dictionary(t):
+        return pg_type(t.value_type)
+    if at.is_boolean(t):
+        return "boolean"
+    if at.is_int8(t) or at.is_int16(t) or at.is_uint8(t):
+        return "smallint"
+    if at.is_int32(t) or at.is_uint16(t):
+        return "integer"
+    if at.is_int64(t) or at.is_uint32(t):
+        return "bigint"
+    if at.is_uint64(t) or at.is_decimal(t):
+        return "numeric"
+    if at.is_float16(t) or at.is_float32(t):
+        return "real"
+    if at.is_float64(t):
+        return "double precision"
+    if at.is_date(t):
+        return "date"
+    if at.is_timestamp(t):
+        return "timestamp with time zone" if t.tz else "timestamp without time zone"
+    if at.is_time(t):
+        return "time without time zone"
+    if at.is_binary(t) or at.is_large_binary(t) or at.is_fixed_size_binary(t):
+        return "bytea"
+    if t == pa.null():
+        return "text"
+    if at.is_string(t) or at.is_large_string(t):
+        return "character varying"
+    return "text"  # lists, structs, maps: JSON text
+
+
+def hex_of(arr):
+    """A binary Arrow array as a string array of lower-case hex, without a Python loop."""
+    import numpy as np
+    import pyarrow as pa
+
+    arr = arr.cast(pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = arr.buffers()[2]
+    raw = bytes(memoryview(data)[start:end]) if data is not None and end > start else b""
+    valid = arr.is_valid().buffers()[1] if arr.null_count else None
+    return pa.Array.from_buffers(pa.large_string(), len(arr),
+                                 [valid, pa.py_buffer((offsets - start) * 2), pa.py_buffer(raw.hex().encode())])
+
+
+def copyable(arr):
+    """An Arrow column pyarrow's CSV writer renders the way PostgreSQL's COPY (CSV) reads it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as at
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    t = arr.type
+    if at.is_dictionary(t):
+        return copyable(arr.dictionary_decode())
+    if t == pa.null():
+        return pa.nulls(len(arr), pa.string())
+    if at.is_binary(t) or at.is_large_binary(t) or at.is_fixed_size_binary(t):
+        return pc.binary_join_element_wise("\\x", hex_of(arr), "")
+    if at.is_float16(t):
+        return arr.cast(pa.float32())
+    if at.is_decimal(t) or at.is_time(t):
+        return arr.cast(pa.string())
+    if pg_type(t) == "text" and not at.is_string(t):
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in arr.to_pylist()],
+                        pa.string())
+    return arr
+
+
+# -- loading ----------------------------------------------------------------------------------
+@dataclass
+class LoadResult:
+    table: str
+    srid: int
+    loaded: int
+    repaired: int
+    skipped: dict[str, list[int]] = field(default_factory=dict)   # reason -> feature ids
+    extent: tuple[float, float, float, float] | None = None
+    replaced: bool = False
+    columns: int = 0
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def skipped_text(self, limit: int = 5) -> str:
+        parts = []
+        for reason, ids in sorted(self.skipped.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(str(i) for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
+            parts.append(f"{len(ids)} {reason} (feature{'s' if len(ids) > 1 else ''} {shown})")
+        return "; ".join(parts)
+
+
+def require_postgis(cur, settings) -> None:
+    from extractor import db
+
+    cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'")
+    if cur.fetchone() is None:
+        raise UserError(f"the database {db.describe(settings)} has no PostGIS yet; run cbm db init first")
+
+
+def _classify_sql(stage, cls):
+    from psycopg2 import sql
+
+    return sql.SQL("""
+CREATE TEMP TABLE {cls} ON COMMIT DROP AS
+WITH a AS (
+  SELECT n, g0,
+    CASE WHEN g0 IS NULL THEN 'without geometry'
+         WHEN ST_IsEmpty(g0) THEN 'with an empty geometry'
+         WHEN ST_Dimension(g0) <> 2 THEN 'not a polygon: ' || GeometryType(g0)
+    END AS skip
+  FROM {stage}),
+b AS (
+  SELECT n, skip,
+    CASE WHEN skip IS NULL THEN ST_Force2D(
+      CASE WHEN GeometryType(g0) IN ('POLYGON', 'MULTIPOLYGON') THEN g0
+           ELSE ST_CollectionExtract(ST_CurveToLine(g0), 3) END) END AS g
+  FROM a),
+c AS (
+  SELECT n, skip, g, (skip IS NULL AND NOT ST_IsValid(g)) AS invalid FROM b),
+d AS (
+  SELECT n, skip, invalid,
+    CASE WHEN invalid THEN ST_CollectionExtract(ST_MakeValid(g), 3) ELSE g END AS g
+  FROM c)
+SELECT n, invalid AS repaired,
+  COALESCE(skip, CASE WHEN ST_IsEmpty(g) AND invalid THEN 'invalid, nothing polygonal left after ST_MakeValid'
+                      WHEN ST_IsEmpty(g) THEN 'not a polygon: ' || GeometryType(g) END) AS skip,
+  g
+FROM d""").format(stage=stage, cls=cls)
+
+
+def load_parcels(settings, source, table: str, replace: bool = False, progress=None) -> LoadResult:
+    """Load a ParcelSource into `table` in one transaction; returns what was loaded and skipped."""
+    import io
+
+    import psycopg2
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from psycopg2 import sql
+
+    from extractor import db
+    from extractor.parcel_files import GEOMETRY
+
+    name, target = parcel_table(settings, table)
+    stage, cls = sql.Identifier("cbm_parcels_stage"), sql.Identifier("cbm_parcels_cls")
+    with db.session(settings) as conn, conn.cursor() as cur:
+        require_postgis(cur, settings)
+        cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (source.srid,))
+        if cur.fetchone() is None:
+            raise UserError(f"EPSG:{source.srid} of {source.describe} is not in PostGIS' spatial_ref_sys; "
+                            "reproject the file to a known CRS")
+        exists = db.table_exists(conn, settings, name)
+        if exists and not replace:
+            raise UserError(f"table {settings.db.schema}.{name} already exists; pass --replace to overwrite it "
+                            "or choose another --table")
+
+        columns: list[tuple[str, str, str]] = []   # (source name, column, pg type)
+        staged = 0
+        copy_stmt = None
+        for batch in source.batches():
+            if copy_stmt is None:
+                attrs = [f for f in batch.schema if f.name != GEOMETRY]
+                names = launder([f.name for f in attrs])
+                columns = [(f.name, col, pg_type(f.type)) for f, col in zip(attrs, names)]
+                cur.execute(sql.SQL("CREATE TEMP TABLE {} (n integer, fid bigint, {} g0 geometry) ON COMMIT DROP").format(
+                    stage, sql.SQL("").join(sql.SQL("{} {}, ").format(sql.Identifier(c), sql.SQL(t))
+                                            for _, c, t in columns)))
+                copy_stmt = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(stage).as_string(conn)
+            n = pa.array(range(staged + 1, staged + batch.num_rows + 1), pa.int64())
+            fid = batch.column(source.fid_column).cast(pa.int64()) if source.fid_column else n
+            arrays = [n, fid] + [copyable(batch.column(src)) for src, _, _ in columns]
+            arrays.append(hex_of(batch.column(GEOMETRY)))
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.table(arrays, names=[f"c{i}" for i in range(len(arrays))]), buf,
+                            pacsv.WriteOptions(include_header=False))
+            buf.seek(0)
+            try:
+                cur.copy_expert(copy_stmt, buf)
+            except psycopg2.DataError as exc:
+                reason = " ".join(str(exc).split("\n")[0].split())
+                raise UserError(f"parcel file {source.path} has data PostgreSQL cannot take ({reason}); "
+                                "check or re-export the file") from None
+            staged += batch.num_rows
+            if progress:
+                progress(staged)
+        if staged == 0:
+            raise UserError(f"parcel file {source.path} has no features (0 parcels); give a file with parcels")
+
+        # Source ids (GeoPackage fid) as ogc_fid when they fit an integer; positions otherwise.
+        cur.execute(sql.SQL("SELECT min(fid), max(fid) FROM {}").format(stage))
+        lo, hi = cur.fetchone()
+        if lo < 1 or hi > INT32_MAX:
+            cur.execute(sql.SQL("UPDATE {} SET fid = n").format(stage))
+
+        cur.execute(_classify_sql(stage, cls))
+        cur.execute(sql.SQL("SELECT c.skip, s.fid FROM {} c JOIN {} s USING (n) WHERE c.skip IS NOT NULL ORDER BY n")
+                    .format(cls, stage))
+        skipped: dict[str, list[int]] = {}
+        for reason, fid in cur.fetchall():
+            skipped.setdefault(reason, []).append(fid)
+        cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE skip IS NULL),"
+                            " count(*) FILTER (WHERE skip IS NULL AND repaired) FROM {}").format(cls))
+        loaded, repaired = cur.fetchone()
+        result = LoadResult(table=f"{settings.db.schema}.{name}", srid=source.srid, loaded=loaded,
+                            repaired=repaired, skipped=skipped, replaced=exists, columns=len(columns))
+        if loaded == 0:
+            raise UserError(f"parcel file {source.path} has no polygon features ({staged} skipped: "
+                            f"{result.skipped_text(3)}); give a file of parcel polygons")
+
+        if exists:
+            try:
+                cur.execute(sql.SQL("DROP TABLE {}").format(target))
+            except psycopg2.errors.DependentObjectsStillExist:
+                raise UserError(f"table {result.table} cannot be replaced: other objects (views) depend on it; "
+                                "drop them first") from None
+        col_defs = sql.SQL("").join(sql.SQL(", {} {}").format(sql.Identifier(c), sql.SQL(t)) for _, c, t in columns)
+        cur.execute(sql.SQL("CREATE TABLE {} (ogc_fid serial PRIMARY KEY{}, wkb_geometry geometry(MultiPolygon, {}))")
+                    .format(target, col_defs, sql.Literal(source.srid)))
+        col_names = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for _, c, _ in columns)
+        src_names = sql.SQL("").join(sql.SQL(", s.{}").format(sql.Identifier(c)) for _, c, _ in columns)
+        cur.execute(sql.SQL("INSERT INTO {} (ogc_fid{}, wkb_geometry) SELECT s.fid{}, ST_SetSRID(ST_Multi(c.g), {})"
+                            " FROM {} s JOIN {} c USING (n) WHERE c.skip IS NULL ORDER BY s.n")
+                    .format(target, col_names, src_names, sql.Literal(source.srid), stage, cls))
+        cur.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(%s, 'ogc_fid'), (SELECT max(ogc_fid) FROM {}))")
+                    .format(target), (f'"{settings.db.schema}"."{name}"',))
+        index = sql.Identifier(f"{name}_wkb_geometry_geom_idx"[:IDENT_BYTES])
+        cur.execute(sql.SQL("CREATE INDEX {} ON {} USING gist (wkb_geometry)").format(index, target))
+        cur.execute(sql.SQL("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)"
+                            " FROM (SELECT ST_Extent(wkb_geometry) AS e FROM {}) x").format(target))
+        result.extent = cur.fetchone()
+        cur.execute(sql.SQL("ANALYZE {}").format(target))
+    return result
+
+
+# -- UTM zones --------------------------------------------------------------------------------
+# The zone of an S2 scene: its EPSG column when the sync filled it, otherwise from the MGRS tile
+# in the name (6th field, e.g. T31UFS: zone 31, latitude band U; bands C..M are south).
+ZONE_SQL = """
+SELECT zone, count(*) FROM (
+  SELECT COALESCE(c.epsg,
+    CASE WHEN split_part(c.reference, '_', 6) ~ '^T[0-9]{{2}}[C-HJ-NP-X][A-Z]{{2}}$' THEN
+      CASE WHEN substr(split_part(c.reference, '_', 6), 4, 1) < 'N' THEN 32700 ELSE 32600 END
+      + substr(split_part(c.reference, '_', 6), 2, 2)::int END) AS zone
+  FROM {cat} c
+  WHERE c.card = %(card)s
+    AND EXISTS (SELECT 1 FROM {aois} a WHERE a.name = %(aoi)s
+                AND c.footprint && a.wkb_geometry AND ST_Intersects(c.footprint, a.wkb_geometry))
+) z GROUP BY zone ORDER BY zone NULLS LAST
+"""
+
+
+@dataclass
+class Zones:
+    epsg: list[int]
+    scenes: int
+    unknown: int      # scenes whose zone could not be told (no epsg, no tile in the name)
+
+
+def require_table(conn, settings, key: str) -> None:
+    from extractor import db
+
+    name = getattr(settings.tables, key)
+    if not db.table_exists(conn, settings, name):
+        raise UserError(f"table {settings.db.schema}.{name} does not exist in {db.describe(settings)}; "
+                        "run cbm db init first")
+
+
+def require_aoi(conn, settings, aoi: str) -> None:
+    from psycopg2 import sql
+
+    from extractor import db
+
+    require_table(conn, settings, "aois")
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(db.table(settings, "aois")), (aoi,))
+        if cur.fetchone() is None:
+            raise UserError(f"AOI {aoi!r} not found in {settings.db.schema}.{settings.tables.aois}; "
+                            "list them with cbm aoi list, add it with cbm aoi add")
+
+
+def zone_counts(conn, settings, aoi: str, card: str = "s2") -> Zones:
+    from psycopg2 import sql
+
+    from extractor import db
+
+    if card not in CARDS:
+        raise UserError(f"unknown card {card!r}; use one of {', '.join(CARDS)}")
+    require_aoi(conn, settings, aoi)
+    require_table(conn, settings, "catalogue")
+    query = sql.SQL(ZONE_SQL).format(cat=db.table(settings, "catalogue"), aois=db.table(settings, "aois"))
+    with conn.cursor() as cur:
+        cur.execute(query, {"card": card, "aoi": aoi})
+        rows = cur.fetchall()
+    return Zones(epsg=[z for z, _ in rows if z is not None], scenes=sum(n for _, n in rows),
+                 unknown=sum(n for z, n in rows if z is None))
+
+
+def utm_zones(settings, aoi: str, card: str = "s2") -> list[int]:
+    """EPSG codes (326zz north, 327zz south) of the `card` scenes in the catalog over `aoi`."""
+    from extractor import db
+
+    with db.session(settings) as conn:
+        return zone_counts(conn, settings, aoi, card).epsg
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _fmt(v: float) -> str:
+    return f"{v:.6f}" if abs(v) <= 360 else f"{v:.1f}"
+
+
+def cmd_load(args) -> int:
+    from extractor.cli import load_settings
+    from extractor.parcel_files import open_parcel_file
+
+    settings = load_settings(args)
+    parcel_table(settings, args.table)          # a bad name fails before the file is read
+    source = open_parcel_file(args.file, layer=args.layer, srid=args.srid)
+    with _progress(source.features, args) as progress:
+        result = load_parcels(settings, source, args.table, replace=args.replace, progress=progress)
+    verb = "replaced" if result.replaced else "created"
+    print(f"loaded {result.loaded} parcels from {source.describe} into {result.table} ({verb}; "
+          f"ogc_fid, {result.columns} attributes, wkb_geometry MultiPolygon)")
+    print(f"repaired {result.repaired} invalid geometr{'y' if result.repaired == 1 else 'ies'} (ST_MakeValid)")
+    print(f"skipped {result.skipped_count}" + (f": {result.skipped_text()}" if result.skipped_count else ""))
+    print(f"SRID {result.srid}, extent {' '.join(_fmt(v) for v in result.extent)}")
+    return 0
+
+
+class _progress:
+    """A progress bar on stderr for long loads (only on a terminal)."""
+
+    def __init__(self, total, args):
+        self.total, self.args, self.bar = total, args, None
+
+    def __enter__(self):
+        if not sys.stderr.isatty() or getattr(self.args, "quiet", False):
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("reading parcels", total=self.total)
+        return lambda done: self.bar.update(task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+        return False
+
+
+def cmd_zones(args) -> int:
+    from extractor import db
+    from extractor.cli import load_settings
+
+    settings = load_settings(args)
+    with db.session(settings) as conn:
+        zones = zone_counts(conn, settings, args.aoi, args.card)
+    for epsg in zones.epsg:
+        print(epsg)
+    note = f"; {zones.unknown} without a tile in the name ignored" if zones.unknown else ""
+    if zones.scenes == 0:
+        print(f"0 UTM zones: no {args.card} scene in {settings.tables.catalogue} intersects AOI {args.aoi}; "
+              "run cbm catalog sync first", file=sys.stderr)
+    else:
+        print(f"{len(zones.epsg)} UTM zone{'s' if len(zones.epsg) != 1 else ''} over AOI {args.aoi} "
+              f"(from {zones.scenes} {args.card} scenes{note})", file=sys.stderr)
+    return 0
+
+
+def _epsg_arg(text: str) -> int:
+    import argparse
+
+    m = re.fullmatch(r"(?:EPSG:)?(\d{4,6})", text.strip(), re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an EPSG code; give e.g. 25832 or EPSG:25832")
+    return int(m.group(1))
 
 
 def register(sub) -> None:
     """Add the `cbm parcels` commands."""
+    group = add_group(sub, "parcels", "parcel tables: load a parcel file, list the UTM zones over an AOI")
+    load = add_command(
+        group, "load", cmd_load,
+        "load a parcel file (Shapefile, GeoPackage, GeoJSON, GeoParquet) into a PostGIS table",
+        epilog="The table gets the file's attributes (names lower-cased, other characters than letters, "
+               "digits and _ made _), an integer primary key ogc_fid (the GeoPackage fid, else the feature's "
+               "position in the file) and wkb_geometry MultiPolygon in the file's own CRS, with a GiST index, "
+               "as ogr2ogr -nlt MULTIPOLYGON makes it. Invalid polygons are repaired with ST_MakeValid (their "
+               "polygonal parts kept); empty, missing and non-polygon geometries are skipped and reported. "
+               "One transaction: on any error the database is left as it was.")
+    load.add_argument("file", metavar="FILE", help="the parcel file (.shp, .gpkg, .geojson, .parquet, ...)")
+    load.add_argument("--table", required=True, metavar="NAME",
+                      help="the table to create (letters, digits, _; lower-cased as ogr2ogr does)")
+    load.add_argument("--layer", metavar="L", help="the layer to read, when the file has several")
+    load.add_argument("--replace", action="store_true", help="replace the table if it exists (else an error)")
+    load.add_argument("--srid", type=_epsg_arg, metavar="EPSG",
+                      help="the EPSG code of a file without a CRS (e.g. a shapefile without .prj)")
+
+    zones = add_command(
+        group, "zones", cmd_zones, "print the UTM zones (EPSG codes) of the catalog's scenes over an AOI",
+        epilog="One EPSG code per line on stdout (326zz north, 327zz south), the count on stderr. The zone of a "
+               "scene is its epsg column when the catalog sync filled it, else the MGRS tile in its name "
+               "(e.g. T31UFS: zone 31, band U; bands C..M are south). Scenes count when their footprint "
+               "intersects the AOI.")
+    zones.add_argument("--aoi", required=True, metavar="NAME", help="the AOI name in the aois table")
+    zones.add_argument("--card", default="s2", choices=CARDS, help="the scenes to look at (default s2)")
+
