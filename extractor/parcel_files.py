@@ -34,11 +34,12 @@ class ParcelSource:
     features: int | None        # None when the format cannot tell cheaply
     fid_column: str | None      # a source column with stable feature ids (GeoPackage fid), if any
     geometry_type: str | None
+    several_layers: bool = False   # name the layer in messages only when there is a choice
     _drop: list[str] = field(default_factory=list)   # columns that are not attributes
 
     @property
     def describe(self) -> str:
-        layer = f" (layer {self.layer})" if self.layer and self.driver != "ESRI Shapefile" else ""
+        layer = f" (layer {self.layer})" if self.several_layers else ""
         return f"{self.path.name}{layer}"
 
     def batches(self) -> Iterator:
@@ -108,7 +109,7 @@ def _open_ogr(p: Path, layer: str | None, srid: int | None) -> ParcelSource:
     return ParcelSource(path=p, driver=info.get("driver") or "GDAL", layer=layer,
                         srid=_resolve_srid(info.get("crs"), srid, where),
                         features=features if features and features > 0 else None,
-                        fid_column=fid, geometry_type=gtype)
+                        fid_column=fid, geometry_type=gtype, several_layers=len(layers) > 1)
 
 
 def _ogr_batches(src: ParcelSource) -> Iterator:
