@@ -39,6 +39,9 @@ def register(sub) -> None:
 
     dbg = add_group(sub, "db", "the CbM database: schema, backups")
     add_command(dbg, "init", cmd_db_init, "create or update the CbM tables (idempotent)")
+    from extractor import backup
+
+    backup.register(dbg)
 
     # Each area registers its own commands, next to its code.
     from extractor import aoi, catalog, parcels
