@@ -1,1 +1,12 @@
-"""The extraction engine: per parcel and scene zonal statistics into sigs / hists."""
+"""The extraction engine: per parcel and scene zonal statistics into sigs / hists.
+
+Modules by concern (docs/extraction.md has the rules they implement):
+  cards.py      what each card/resolution run reads (bands, band codes, file layout) and the statuses
+  claims.py     atomic claims with leases, attempts, per-resolution run records, catalogue status
+  sources.py    locating band files in a product (listed, never guessed) and windowed reads
+  rasterize.py  the rasterized parcels per (CRS, pixel grid), stored in PostGIS for all workers
+  kernels.py    numba zonal statistics and SCL histograms (+ a plain NumPy reference)
+  writer.py     COPY into sigs / hists
+  worker.py     the loop of `cbm extract run`
+  synthetic.py  generated products with the real layouts (tests, benchmark, local rehearsal)
+"""

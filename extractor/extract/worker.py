@@ -1,0 +1,243 @@
+"""The extraction worker: claim a scene run, read the window under its parcels, compute, write.
+
+Loop (`cbm extract run`): sweep runs that ran out of attempts, claim the oldest claimable scene,
+process it, repeat; when nothing is claimable, wait while other workers still hold live leases
+(one of them may die and its scene must be taken back), then exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg2
+from psycopg2 import sql
+from rasterio.windows import Window
+
+from cbm.errors import CbmError, UserError
+from extractor import db
+from extractor.db import table
+from extractor.extract import cards, claims, kernels, rasterize, sources, writer
+from extractor.extract.cards import EXTRACTED, NO_PARCELS, SceneError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    settings: object
+    spec: cards.RunSpec
+    filters: claims.Filters
+    source: rasterize.ParcelSource
+    aoi_pids: np.ndarray
+    owner: str = field(default_factory=claims.worker_id)
+    cache: rasterize.GridCache = field(default_factory=rasterize.GridCache)
+
+
+@dataclass
+class SceneResult:
+    status: str
+    rows: int = 0
+    parcels: int = 0
+    detail: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def check_filters(conn, settings, aoi: str | None, start: str | None, end: str | None) -> claims.Filters:
+    import datetime as dt
+
+    if not aoi:
+        raise UserError("no AOI given; pass --aoi NAME or set extract.aoi (see cbm aoi add)")
+    for name, value in (("--start", start), ("--end", end)):
+        if value:
+            try:
+                dt.date.fromisoformat(str(value))
+            except ValueError:
+                raise UserError(f"{name} {value!r} is not a date; use YYYY-MM-DD") from None
+    if start and end and str(start) >= str(end):
+        raise UserError(f"--start {start} is not before --end {end}; swap or fix the dates")
+    with conn:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE name = %s").format(table(settings, "aois")), (aoi,))
+            if cur.fetchone()[0] == 0:
+                raise UserError(f"AOI '{aoi}' is not in table {settings.tables.aois}; add it with cbm aoi add {aoi} ...")
+    return claims.Filters(aoi, str(start) if start else None, str(end) if end else None)
+
+
+def aoi_parcels(conn, settings, source: rasterize.ParcelSource, aoi: str) -> np.ndarray:
+    """ogc_fid of the parcels inside the AOI (sorted)."""
+    with conn:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(
+                "SELECT p.ogc_fid FROM {p} p JOIN {a} a ON a.name = %s"
+                " AND ST_Intersects(p.wkb_geometry, ST_Transform(a.wkb_geometry, ST_SRID(p.wkb_geometry)))"
+            ).format(p=table(settings, source.name), a=table(settings, "aois")), (aoi,))
+            return np.sort(np.array([r[0] for r in cur.fetchall()], dtype=np.int64))
+
+
+def make_context(conn, settings, card: str, res: int, aoi, parcels, start, end) -> Context:
+    spec = cards.run_spec(settings, card, res)
+    cards.card_runs(settings, card)
+    if not parcels:
+        raise UserError("no parcel table given; pass --parcels TABLE or set extract.parcels")
+    filters = check_filters(conn, settings, aoi, start, end)
+    source = rasterize.parcel_source(conn, settings, parcels)
+    conn.commit()
+    pids = aoi_parcels(conn, settings, source, filters.aoi)
+    return Context(settings, spec, filters, source, pids)
+
+
+def _csr(rows, cols, lens, pids):
+    order = np.lexsort((cols, rows, pids))
+    rows, cols, lens, pids = rows[order], cols[order], lens[order], pids[order]
+    uniq, starts = np.unique(pids, return_index=True)
+    offsets = np.append(starts, pids.size).astype(np.int64)
+    return rows, cols, lens, uniq.astype(np.int32), offsets
+
+
+def compute(ctx: Context, files, grid, grid_id, conn) -> tuple:
+    """Read the window under the parcels and compute; returns (pids, results) or None (no parcels)."""
+    key = rasterize.grid_key(grid.crs, grid.transform)
+    r0, c0 = key.origin(grid.transform)
+    rows, cols, lens, pids = ctx.cache.runs(conn, ctx.settings, grid_id, r0, c0, grid.height, grid.width)
+    keep = np.isin(pids, ctx.aoi_pids)
+    rows, cols, lens, pids = rows[keep], cols[keep], lens[keep], pids[keep]
+    if pids.size == 0:
+        return None
+    wr0, wc0 = int(rows.min()), int(cols.min())
+    window = Window(wc0, wr0, int((cols + lens).max()) - wc0, int(rows.max()) + 1 - wr0)
+    rows, cols, lens, upids, offsets = _csr(rows - wr0, cols - wc0, lens, pids)
+    reader = sources.BandReader(ctx.settings, files, window)
+    results = []
+    timing = {"read": 0.0, "stats": 0.0}
+
+    def timed_read(f):
+        t0 = time.perf_counter()
+        img = reader.read(f)
+        return img, time.perf_counter() - t0
+
+    # decode the next band while the kernels work on this one
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(timed_read, files[0])
+        for i, f in enumerate(files):
+            img, dt_read = pending.result()
+            timing["read"] += dt_read
+            if i + 1 < len(files):
+                pending = pool.submit(timed_read, files[i + 1])
+            t0 = time.perf_counter()
+            if ctx.spec.histogram:
+                nclasses = max(int(img.max()) + 1, 1)
+                results.append((f.code, kernels.class_histograms(img, rows, cols, lens, offsets, nclasses)))
+            else:
+                results.append((f.code, kernels.zonal_stats(img, rows, cols, lens, offsets)))
+            timing["stats"] += time.perf_counter() - t0
+            del img
+    return upids, results, timing, window
+
+
+def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
+    """Extract one claimed scene run and commit its rows with its status (or an error status)."""
+    settings, spec = ctx.settings, ctx.spec
+    t0 = time.perf_counter()
+    try:
+        files = sources.band_files(settings, spec, c.product_path)
+        grid = sources.open_grid(settings, files)
+        key = rasterize.grid_key(grid.crs, grid.transform)
+        grid_id = rasterize.ensure_grid(conn, settings, ctx.source, key)
+        out = compute(ctx, files, grid, grid_id, conn)
+    except SceneError as exc:
+        conn.rollback()
+        with conn:
+            with conn.cursor() as cur:
+                claims.finish(cur, settings, c, exc.status, 0, exc.detail)
+        return SceneResult(exc.status, detail=exc.detail)
+    t1 = time.perf_counter()
+    with conn:
+        with conn.cursor() as cur:
+            if out is None:
+                claims.finish(cur, settings, c, NO_PARCELS, 0, "no parcel of the AOI has pixels in the scene")
+                return SceneResult(NO_PARCELS)
+            pids, results, timing, window = out
+            if spec.histogram:
+                nrows = writer.copy_hists(cur, settings, c.obsid, pids, results[0][1])
+            else:
+                nrows = writer.copy_sigs(cur, settings, c.obsid, pids, results)
+            if nrows == 0:
+                claims.finish(cur, settings, c, NO_PARCELS, 0, "the parcels' pixels are all nodata in this scene")
+                return SceneResult(NO_PARCELS)
+            claims.finish(cur, settings, c, EXTRACTED, nrows, None)
+    timing.update(total=time.perf_counter() - t0, write=time.perf_counter() - t1)
+    return SceneResult(EXTRACTED, nrows, int(pids.size), seconds=timing)
+
+
+def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, end=None, once=False,
+        out=print) -> int:
+    """The worker loop; returns the number of scenes processed. Exits when nothing is left."""
+    x = settings.extract
+    conn = db.connect(settings)
+    done = 0
+    try:
+        ctx = make_context(conn, settings, card, res, aoi or x.aoi, parcels or x.parcels, start or x.start, end or x.end)
+        out(f"worker {ctx.owner}: card {card} run {res} ({', '.join(ctx.spec.codes)}), parcels {ctx.source.name}"
+            f" ({ctx.aoi_pids.size} in AOI {ctx.filters.aoi})")
+        while True:
+            for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
+                out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
+            c = claims.claim(conn, settings, ctx.spec, ctx.filters, ctx.owner)
+            if c is None:
+                if once or claims.live_leases(conn, settings, ctx.spec) == 0:
+                    break
+                time.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
+                continue
+            with claims.Lease(settings, c):
+                try:
+                    result = process(conn, ctx, c)
+                except claims.LeaseLost as exc:
+                    conn.rollback()
+                    out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
+                    continue
+                except CbmError:
+                    conn.rollback()
+                    _try_release(settings, c, "the worker stopped on an error (see its log)")
+                    raise
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim dangling
+                    log.debug("scene %s failed", c.obsid, exc_info=True)
+                    conn.rollback()
+                    _try_release(settings, c, f"{type(exc).__name__}: {exc}")
+                    raise CbmError(f"scene {c.obsid} {c.reference} failed unexpectedly ({type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:200]}); it was given back for another try") from exc
+            done += 1
+            secs = result.seconds
+            extra = (f", {result.parcels} parcels, {result.rows} rows in {secs['total']:.1f} s"
+                     f" (read {secs['read']:.1f} s, stats {secs['stats']:.1f} s, write {secs['write']:.1f} s)"
+                     if result.status == EXTRACTED else (f": {result.detail}" if result.detail else ""))
+            out(f"scene {c.obsid} {c.reference} run {c.res}: {result.status}{extra}")
+            if once:
+                break
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CbmError(f"lost the database {db.describe(settings)} ({reason}); the scene in progress was not "
+                       "written and is taken back by a worker once its lease expires") from None
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+    out(f"no scene left for card {card} run {res}: processed {done} scene(s)")
+    return done
+
+
+def _try_release(settings, c: claims.Claim, detail: str) -> None:
+    try:
+        conn = db.connect(settings)
+        try:
+            claims.release(conn, settings, c, detail)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - best effort; the lease expires anyway
+        log.warning("could not give scene %s back (%s); its lease will expire", c.obsid, exc)
