@@ -254,7 +254,7 @@ def restore(settings, env: dict, path: Path, toc: list[str], database: str) -> f
         run.stop()
         raise
     if rc != 0:
-        raise CbmError(f"restore into {db.describe(settings)} failed and was rolled back (nothing changed): "
+        raise CbmError(f"restore of {path} into {db.describe(settings)} failed and was rolled back (nothing changed): "
                        f"pg_restore: {run.error()}")
     return time.monotonic() - start
 
