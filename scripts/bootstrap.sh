@@ -36,7 +36,11 @@ fi
 stamp=.venv/.cbm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e ".[test]"
+  log=.venv/pip-install.log
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".[test]"; } >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    echo "bootstrap: pip install failed; full log: $log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
