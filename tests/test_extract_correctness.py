@@ -34,12 +34,12 @@ def assert_matches_reference(got: dict, geoms: dict, arrays: dict, transform: Af
             if ref is None:
                 continue
             expected_keys.add((fid, code))
-            row = got[(fid, code)]
+            row = np.array(got[(fid, code)], dtype=np.float32)  # real columns: float32 values
             assert row[0] == ref[0], (fid, code)                                   # count exact
             assert row[3] == np.float32(ref[3]) and row[4] == np.float32(ref[4])   # min, max exact
             assert row[1] == pytest.approx(ref[1], rel=1e-6)                       # mean
             assert row[2] == pytest.approx(ref[2], rel=1e-6, abs=1e-9)             # std (ddof=0)
-            assert tuple(row[5:]) == tuple(float(np.float32(v)) for v in ref[5:])  # percentiles, numpy linear
+            assert list(row[5:]) == [np.float32(v) for v in ref[5:]]               # percentiles, numpy linear
     assert set(got) == expected_keys
 
 
@@ -121,7 +121,7 @@ def test_whole_scene_equals_rasterstats(dbenv, world):
         if not z["count"]:
             assert (fid, "B08") not in got
             continue
-        row = got[(fid, "B08")]
+        row = np.array(got[(fid, "B08")], dtype=np.float32)
         assert row[0] == z["count"] and row[3] == z["min"] and row[4] == z["max"]
         assert row[1] == pytest.approx(z["mean"], rel=1e-6) and row[2] == pytest.approx(z["std"], rel=1e-6)
-        assert row[5:] == tuple(float(np.float32(z[k])) for k in ("percentile_25", "percentile_50", "percentile_75"))
+        assert list(row[5:]) == [np.float32(z[k]) for k in ("percentile_25", "percentile_50", "percentile_75")]
