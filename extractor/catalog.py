@@ -402,8 +402,13 @@ def print_table(title: str, header: list[str], rows: list[tuple]) -> None:
     t = Table(title=title, title_justify="left")
     for h in header:
         t.add_column(h, justify="right" if h in ("count",) else "left")
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        return v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, dt.datetime) else str(v)
+
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*(cell(v) for v in r))
     Console(width=120).print(t)
 
 
