@@ -183,3 +183,17 @@ def deployment_env(spec_path: str | Path, config: str | None = None) -> dict:
     settings = deployment_settings(spec_path, config)
     dep_dir = state.state_dir(settings.deployment)
     return libpq_env(settings, dep_dir / PGPASS_FILE, base={})
+
+
+def manager_ssh(dep: Deployment, timeout: float = 10):
+    """A fabric Connection to the manager with the deployment's key; host keys pinned in the state folder
+    (accepted on first contact, like the inventory's StrictHostKeyChecking=accept-new)."""
+    from fabric import Connection
+
+    conn = Connection(dep.manager_host, user=dep.ssh_user, connect_timeout=timeout,
+                      connect_kwargs={"key_filename": str(dep.ssh_key), "look_for_keys": False,
+                                      "allow_agent": False, "banner_timeout": timeout, "auth_timeout": timeout})
+    if not dep.known_hosts.exists():
+        state.write_private(dep.known_hosts, "")
+    conn.client.load_host_keys(str(dep.known_hosts))
+    return conn
