@@ -356,7 +356,7 @@ class _Up:
         if not self.change("attach", "volume", vol.name, f"to {manager.name}"):
             return None
         with api(f"attaching volume {vol.name} to {manager.name}"):
-            att = self.conn.compute.create_volume_attachment(manager, volume_id=vol.id)
+            att = self.conn.compute.create_volume_attachment(manager, vol.id)
         vol = self._wait_volume(vol, ("in-use",))
         for a in vol.attachments or []:
             if a.get("server_id") == manager.id and a.get("device"):

@@ -45,6 +45,7 @@ TAG_RE = re.compile(r"^[^/,\s]{1,40}$")
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
+RESERVED_NAMES = {"sandbox"}
 TOP_KEYS = {"name", "cloud", "region", "prefix", "image", "flavors", "workers", "volume", "networks",
             "db_port", "ingress", "ssh_user", "extra_authorized_keys", "tags", "timeouts"}
 
@@ -212,6 +213,8 @@ def parse(data, path: Path, shown: Path | None = None) -> Spec:
     name = c.string(data, "name", pattern=NAME_RE,
                     hint="lower-case letters, digits and '-', starting with a letter, at most 32") \
         or c.fail("name", "is required")
+    if name in RESERVED_NAMES:
+        c.fail("name", f"{name!r} is reserved (the sandbox cloud keeps its own state under that name); choose another")
     cloud = c.string(data, "cloud") or c.fail("cloud", "is required (an entry of clouds.yaml)")
     region = c.string(data, "region")
     prefix = c.string(data, "prefix", default=f"cbm-{name}", pattern=PREFIX_RE,

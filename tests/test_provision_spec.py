@@ -66,8 +66,8 @@ def test_defaults_apply():
     for key in ("db_port", "ssh_user", "prefix", "timeouts", "tags", "extra_authorized_keys"):
         data.pop(key, None)
     s = specs.parse(data, Path("/x/deployment.yml"))
-    assert (s.db_port, s.ssh_user, s.prefix, s.wait_timeout) == (11039, "eouser", "cbm-sandbox", 900)
-    assert s.manager_name == "cbm-sandbox-manager" and s.worker_name(2) == "cbm-sandbox-worker-2"
+    assert (s.db_port, s.ssh_user, s.prefix, s.wait_timeout) == (11039, "eouser", "cbm-rehearsal", 900)
+    assert s.manager_name == "cbm-rehearsal-manager" and s.worker_name(2) == "cbm-rehearsal-worker-2"
 
 
 @pytest.mark.parametrize("mutate, needles", [
@@ -86,6 +86,7 @@ def test_defaults_apply():
     (lambda d: d.update(db_port=2377), ["'db_port'", "swarm"]),
     (lambda d: d.update(colour="blue"), ["'colour'", "unknown key"]),
     (lambda d: d.update(name="Bad Name"), ["'name'", "not valid"]),
+    (lambda d: d.update(name="sandbox"), ["'name'", "reserved"]),
     (lambda d: d.update(extra_authorized_keys=["ssh-rsa AAAAnotakey"]), ["'extra_authorized_keys'", "damaged"]),
     (lambda d: d.update(tags=["a,b"]), ["'tags'"]),
 ])
@@ -149,26 +150,26 @@ def test_forget_hosts_drops_only_given_addresses(isolated):
 def test_inventory_is_what_ansible_reads(isolated, tmp_path):
     s = specs.parse(base_spec(), write_spec(tmp_path, base_spec()))
     state.ensure_ssh_key(s.name)
-    hosts = [inventory.Host("cbm-sandbox-manager", "manager", "10.0.0.10", "id-m"),
-             inventory.Host("cbm-sandbox-worker-1", "worker", "10.0.0.11", "id-1"),
-             inventory.Host("cbm-sandbox-worker-2", "worker", "10.0.0.12", "id-2")]
+    hosts = [inventory.Host("cbm-rehearsal-manager", "manager", "10.0.0.10", "id-m"),
+             inventory.Host("cbm-rehearsal-worker-1", "worker", "10.0.0.11", "id-1"),
+             inventory.Host("cbm-rehearsal-worker-2", "worker", "10.0.0.12", "id-2")]
     path = inventory.write(s, hosts, manager_ip="192.0.2.7", data_device="/dev/vdb", volume_id="vol-1")
     assert path == tmp_path / "inv" / "hosts.yml"
     ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
     out = subprocess.run([str(ansible_inventory), "-i", str(path), "--list"], capture_output=True, text=True,
                          check=True, env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"}).stdout
     inv = json.loads(out)
-    assert inv["manager"]["hosts"] == ["cbm-sandbox-manager"]
-    assert sorted(inv["workers"]["hosts"]) == ["cbm-sandbox-worker-1", "cbm-sandbox-worker-2"]
-    m = inv["_meta"]["hostvars"]["cbm-sandbox-manager"]
-    w = inv["_meta"]["hostvars"]["cbm-sandbox-worker-2"]
+    assert inv["manager"]["hosts"] == ["cbm-rehearsal-manager"]
+    assert sorted(inv["workers"]["hosts"]) == ["cbm-rehearsal-worker-1", "cbm-rehearsal-worker-2"]
+    m = inv["_meta"]["hostvars"]["cbm-rehearsal-manager"]
+    w = inv["_meta"]["hostvars"]["cbm-rehearsal-worker-2"]
     assert (m["ansible_host"], m["cbm_data_device"], m["cbm_db_port"], m["ansible_user"]) == \
         ("192.0.2.7", "/dev/vdb", 11039, "eouser")
-    assert (w["ansible_host"], w["private_ip"], w["cbm_deployment"]) == ("10.0.0.12", "10.0.0.12", "sandbox")
+    assert (w["ansible_host"], w["private_ip"], w["cbm_deployment"]) == ("10.0.0.12", "10.0.0.12", "rehearsal")
     key = Path(m["ansible_ssh_private_key_file"])
-    assert key.parent == Path(isolated["XDG_STATE_HOME"]) / "cbm" / "sandbox" and key.exists()
+    assert key.parent == Path(isolated["XDG_STATE_HOME"]) / "cbm" / "rehearsal" and key.exists()
     for hv in (m, w):
         assert "StrictHostKeyChecking=accept-new" in hv["ansible_ssh_common_args"]
-        assert str(state.known_hosts_path("sandbox")) in hv["ansible_ssh_common_args"]
+        assert str(state.known_hosts_path("rehearsal")) in hv["ansible_ssh_common_args"]
     assert "ProxyCommand" in w["ansible_ssh_common_args"] and "eouser@192.0.2.7" in w["ansible_ssh_common_args"]
     assert "ProxyCommand" not in m["ansible_ssh_common_args"]
