@@ -29,15 +29,20 @@ LABEL = "cbm.extractor.recipe"
 WORKER_REQUIREMENTS = ["numba", "numpy", "rasterio", "psycopg2-binary", "pyyaml", "rich"]
 
 DOCKERFILE = """\
-FROM {base}
+FROM {base} AS build
 RUN apt-get update -qq \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates \\
- && rm -rf /var/lib/apt/lists/*
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/cbm \\
- && /opt/cbm/bin/pip install -q --no-index --find-links /tmp/wheels {requirements} \\
- && /opt/cbm/bin/pip install -q --no-index --no-deps /tmp/wheels/cbm_onboard-*.whl \\
- && rm -rf /tmp/wheels /root/.cache
+ && /opt/cbm/bin/pip install -q --no-compile --no-index --find-links /tmp/wheels {requirements} \\
+ && /opt/cbm/bin/pip install -q --no-compile --no-index --no-deps /tmp/wheels/cbm_onboard-*.whl \\
+ && /opt/cbm/bin/pip uninstall -q -y pip
+
+FROM {base}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 ca-certificates \\
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+COPY --from=build /opt/cbm /opt/cbm
 ENV PATH=/opt/cbm/bin:$PATH NUMBA_CACHE_DIR=/tmp/numba-cache PYTHONUNBUFFERED=1
 LABEL {label}={recipe}
 ENTRYPOINT ["cbm"]
