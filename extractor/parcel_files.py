@@ -17,7 +17,7 @@ from pathlib import Path
 from cbm.errors import UserError
 
 GEOMETRY = "__cbm_wkb__"   # name of the WKB column in the batches we yield
-BATCH_SIZE = 65536
+BATCH_SIZE = 16384   # features per COPY; bounds the memory for big files
 POLYGONAL_TYPES = {"Polygon", "MultiPolygon", "CurvePolygon", "MultiSurface", "Polygon Z", "MultiPolygon Z",
                    "Polygon M", "MultiPolygon M", "Polygon ZM", "MultiPolygon ZM"}
 # Layer types that may hold polygons among other things: decided per feature in the database.

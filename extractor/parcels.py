@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cbm.cli import add_command, add_group
-from cbm.errors import UserError
+from cbm.errors import CbmError, UserError
 
 CARDS = ("s2", "bs", "c6", "c12")
 INT32_MAX = 2**31 - 1
@@ -168,39 +168,45 @@ def require_postgis(cur, settings) -> None:
         raise UserError(f"the database {db.describe(settings)} has no PostGIS yet; run cbm db init first")
 
 
-def _classify_sql(stage, cls):
+# A polygonal geometry as the table stores it: curves linearised, polygonal parts of a collection, 2D.
+NORMALISE = """ST_Force2D(CASE WHEN GeometryType("#g") IN ('POLYGON', 'MULTIPOLYGON') THEN "#g"
+                        ELSE ST_CollectionExtract(ST_CurveToLine("#g"), 3) END)"""
+
+
+def _exceptions_sql(stage, cls):
+    """The features that are skipped (with why) or repaired (with the repaired geometry); the rest
+    go into the table as they are, so their geometries are written only once."""
     from psycopg2 import sql
 
     return sql.SQL("""
 CREATE TEMP TABLE {cls} ON COMMIT DROP AS
-WITH a AS (
-  SELECT n, g0,
-    CASE WHEN g0 IS NULL THEN 'without geometry'
-         WHEN ST_IsEmpty(g0) THEN 'with an empty geometry'
-         WHEN ST_Dimension(g0) <> 2 THEN 'not a polygon: ' || GeometryType(g0)
-    END AS skip
-  FROM {stage}),
-b AS (
-  SELECT n, skip,
-    CASE WHEN skip IS NULL THEN ST_Force2D(
-      CASE WHEN GeometryType(g0) IN ('POLYGON', 'MULTIPOLYGON') THEN g0
-           ELSE ST_CollectionExtract(ST_CurveToLine(g0), 3) END) END AS g
-  FROM a),
-c AS (
-  SELECT n, skip, g, (skip IS NULL AND NOT ST_IsValid(g)) AS invalid FROM b),
-d AS (
-  SELECT n, skip, invalid,
-    CASE WHEN invalid THEN ST_CollectionExtract(ST_MakeValid(g), 3) ELSE g END AS g
-  FROM c)
-SELECT n, invalid AS repaired,
-  COALESCE(skip, CASE WHEN ST_IsEmpty(g) AND invalid THEN 'invalid, nothing polygonal left after ST_MakeValid'
-                      WHEN ST_IsEmpty(g) THEN 'not a polygon: ' || GeometryType(g) END) AS skip,
-  g
-FROM d""").format(stage=stage, cls=cls)
+SELECT "#n", skip, invalid AS repaired, CASE WHEN invalid THEN ST_CollectionExtract(ST_MakeValid(g), 3) END AS g
+FROM (
+  SELECT "#n", skip, g, (skip IS NULL AND NOT ST_IsValid(g)) AS invalid
+  FROM (
+    SELECT "#n",
+      CASE WHEN "#g" IS NULL THEN 'without geometry'
+           WHEN ST_IsEmpty("#g") THEN 'with an empty geometry'
+           WHEN ST_Dimension("#g") <> 2 THEN 'not a polygon: ' || GeometryType("#g")
+      END AS skip,
+      CASE WHEN ST_Dimension("#g") = 2 AND NOT ST_IsEmpty("#g") THEN {normalise} END AS g
+    FROM {stage}) a
+) b
+WHERE skip IS NOT NULL OR invalid""").format(stage=stage, cls=cls, normalise=sql.SQL(NORMALISE))
 
 
 def load_parcels(settings, source, table: str, replace: bool = False, progress=None) -> LoadResult:
     """Load a ParcelSource into `table` in one transaction; returns what was loaded and skipped."""
+    import psycopg2
+
+    try:
+        return _load(settings, source, table, replace, progress)
+    except psycopg2.Error as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())
+        raise CbmError(f"loading {source.path} into table {table} failed ({reason}); nothing was loaded") from None
+
+
+def _load(settings, source, table: str, replace: bool, progress) -> LoadResult:
     import io
 
     import psycopg2
@@ -232,7 +238,7 @@ def load_parcels(settings, source, table: str, replace: bool = False, progress=N
                 attrs = [f for f in batch.schema if f.name != GEOMETRY]
                 names = launder([f.name for f in attrs])
                 columns = [(f.name, col, pg_type(f.type)) for f, col in zip(attrs, names)]
-                cur.execute(sql.SQL("CREATE TEMP TABLE {} (n integer, fid bigint, {} g0 geometry) ON COMMIT DROP").format(
+                cur.execute(sql.SQL('CREATE TEMP TABLE {} ("#n" integer, "#fid" bigint, {} "#g" geometry) ON COMMIT DROP').format(
                     stage, sql.SQL("").join(sql.SQL("{} {}, ").format(sql.Identifier(c), sql.SQL(t))
                                             for _, c, t in columns)))
                 copy_stmt = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(stage).as_string(conn)
@@ -257,20 +263,22 @@ def load_parcels(settings, source, table: str, replace: bool = False, progress=N
             raise UserError(f"parcel file {source.path} has no features (0 parcels); give a file with parcels")
 
         # Source ids (GeoPackage fid) as ogc_fid when they fit an integer; positions otherwise.
-        cur.execute(sql.SQL("SELECT min(fid), max(fid) FROM {}").format(stage))
+        cur.execute(sql.SQL('SELECT min("#fid"), max("#fid") FROM {}').format(stage))
         lo, hi = cur.fetchone()
         if lo < 1 or hi > INT32_MAX:
-            cur.execute(sql.SQL("UPDATE {} SET fid = n").format(stage))
+            cur.execute(sql.SQL('UPDATE {} SET "#fid" = "#n"').format(stage))
 
-        cur.execute(_classify_sql(stage, cls))
-        cur.execute(sql.SQL("SELECT c.skip, s.fid FROM {} c JOIN {} s USING (n) WHERE c.skip IS NOT NULL ORDER BY n")
+        cur.execute(_exceptions_sql(stage, cls))
+        cur.execute(sql.SQL("UPDATE {} SET skip = 'invalid, nothing polygonal left after ST_MakeValid'"
+                            " WHERE repaired AND ST_IsEmpty(g)").format(cls))
+        cur.execute(sql.SQL('SELECT c.skip, s."#fid" FROM {} c JOIN {} s USING ("#n") WHERE c.skip IS NOT NULL ORDER BY 2')
                     .format(cls, stage))
         skipped: dict[str, list[int]] = {}
         for reason, fid in cur.fetchall():
             skipped.setdefault(reason, []).append(fid)
-        cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE skip IS NULL),"
-                            " count(*) FILTER (WHERE skip IS NULL AND repaired) FROM {}").format(cls))
-        loaded, repaired = cur.fetchone()
+        cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE skip IS NULL AND repaired) FROM {}").format(cls))
+        repaired = cur.fetchone()[0]
+        loaded = staged - sum(len(ids) for ids in skipped.values())
         result = LoadResult(table=f"{settings.db.schema}.{name}", srid=source.srid, loaded=loaded,
                             repaired=repaired, skipped=skipped, replaced=exists, columns=len(columns))
         if loaded == 0:
@@ -288,9 +296,11 @@ def load_parcels(settings, source, table: str, replace: bool = False, progress=N
                     .format(target, col_defs, sql.Literal(source.srid)))
         col_names = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for _, c, _ in columns)
         src_names = sql.SQL("").join(sql.SQL(", s.{}").format(sql.Identifier(c)) for _, c, _ in columns)
-        cur.execute(sql.SQL("INSERT INTO {} (ogc_fid{}, wkb_geometry) SELECT s.fid{}, ST_SetSRID(ST_Multi(c.g), {})"
-                            " FROM {} s JOIN {} c USING (n) WHERE c.skip IS NULL ORDER BY s.n")
-                    .format(target, col_names, src_names, sql.Literal(source.srid), stage, cls))
+        cur.execute(sql.SQL('INSERT INTO {} (ogc_fid{}, wkb_geometry)'
+                            ' SELECT s."#fid"{}, ST_SetSRID(ST_Multi(COALESCE(c.g, {})), {})'
+                            ' FROM {} s LEFT JOIN {} c USING ("#n") WHERE c.skip IS NULL ORDER BY s."#n"')
+                    .format(target, col_names, src_names, sql.SQL(NORMALISE.replace('"#g"', 's."#g"')),
+                            sql.Literal(source.srid), stage, cls))
         cur.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(%s, 'ogc_fid'), (SELECT max(ogc_fid) FROM {}))")
                     .format(target), (f'"{settings.db.schema}"."{name}"',))
         index = sql.Identifier(f"{name}_wkb_geometry_geom_idx"[:IDENT_BYTES])
