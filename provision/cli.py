@@ -32,13 +32,13 @@ def print_up(result) -> None:
     name = result.spec_name
     if not result.changes:
         print(f"No changes: deployment {name} is up to date.")
-    else:
-        title = f"Plan for deployment {name}" if result.dry_run else f"Changes made to deployment {name}"
-        print(f"{title}: {len(result.changes)} change(s)")
+    elif result.dry_run:
+        print(f"Plan for deployment {name}: {len(result.changes)} change(s)")
         for change in result.changes:
             print(change.line())
-        if result.dry_run:
-            print("Dry run: nothing was changed (run `cbm up SPEC` to apply).")
+        print("Dry run: nothing was changed (run `cbm up SPEC` to apply).")
+    else:   # each change was reported on stderr as it was made
+        print(f"Deployment {name}: {len(result.changes)} change(s) made.")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if result.inventory:

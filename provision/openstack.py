@@ -135,7 +135,9 @@ class _Up:
                            f"{state.KEY_FILE}.pub): delete that keypair or set another 'prefix' in the spec")
         if found.keypair is not None:
             return
-        if self.change("create", "keypair", spec.keypair_name, "key generated locally, private key 0600"):
+        have_key = state.read_public_key(spec.name) is not None
+        detail = "the local key" if have_key else "key generated locally, private key 0600"
+        if self.change("create", "keypair", spec.keypair_name, detail):
             public_key = state.ensure_ssh_key(spec.name)
             with api(f"creating keypair {spec.keypair_name}"):
                 self.conn.compute.create_keypair(name=spec.keypair_name, public_key=public_key)
