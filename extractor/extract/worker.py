@@ -149,26 +149,33 @@ def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
         grid_id = rasterize.ensure_grid(conn, settings, ctx.source, key)
         out = compute(ctx, files, grid, grid_id, conn)
     except SceneError as exc:
-        conn.rollback()
-        with conn:
+        _rollback(conn)
+        try:
             with conn.cursor() as cur:
                 claims.finish(cur, settings, c, exc.status, 0, exc.detail)
+            conn.commit()
+        except BaseException:
+            _rollback(conn)
+            raise
         return SceneResult(exc.status, detail=exc.detail)
     t1 = time.perf_counter()
-    with conn:
+    status, nrows, detail = NO_PARCELS, 0, "no parcel of the AOI has pixels in the scene"
+    try:
         with conn.cursor() as cur:
-            if out is None:
-                claims.finish(cur, settings, c, NO_PARCELS, 0, "no parcel of the AOI has pixels in the scene")
-                return SceneResult(NO_PARCELS)
-            pids, results, timing, window = out
-            if spec.histogram:
-                nrows = writer.copy_hists(cur, settings, c.obsid, pids, results[0][1])
-            else:
-                nrows = writer.copy_sigs(cur, settings, c.obsid, pids, results)
-            if nrows == 0:
-                claims.finish(cur, settings, c, NO_PARCELS, 0, "the parcels' pixels are all nodata in this scene")
-                return SceneResult(NO_PARCELS)
-            claims.finish(cur, settings, c, EXTRACTED, nrows, None)
+            if out is not None:
+                pids, results, timing, window = out
+                if spec.histogram:
+                    nrows = writer.copy_hists(cur, settings, c.obsid, pids, results[0][1])
+                else:
+                    nrows = writer.copy_sigs(cur, settings, c.obsid, pids, results)
+                status, detail = (EXTRACTED, None) if nrows else (NO_PARCELS, "the parcels' pixels are all nodata")
+            claims.finish(cur, settings, c, status, nrows, detail)
+        conn.commit()  # the rows and the status, together
+    except BaseException:
+        _rollback(conn)
+        raise
+    if status != EXTRACTED:
+        return SceneResult(status, detail=detail)
     timing.update(total=time.perf_counter() - t0, write=time.perf_counter() - t1)
     return SceneResult(EXTRACTED, nrows, int(pids.size), seconds=timing)
 
@@ -196,18 +203,18 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
                 try:
                     result = process(conn, ctx, c)
                 except claims.LeaseLost as exc:
-                    conn.rollback()
+                    _rollback(conn)
                     out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
                     continue
                 except CbmError:
-                    conn.rollback()
+                    _rollback(conn)
                     _try_release(settings, c, "the worker stopped on an error (see its log)")
                     raise
                 except (psycopg2.OperationalError, psycopg2.InterfaceError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim dangling
                     log.debug("scene %s failed", c.obsid, exc_info=True)
-                    conn.rollback()
+                    _rollback(conn)
                     _try_release(settings, c, f"{type(exc).__name__}: {exc}")
                     raise CbmError(f"scene {c.obsid} {c.reference} failed unexpectedly ({type(exc).__name__}: "
                                    f"{' '.join(str(exc).split())[:200]}); it was given back for another try") from exc
@@ -230,6 +237,15 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
             pass
     out(f"no scene left for card {card} run {res}: processed {done} scene(s)")
     return done
+
+
+def _rollback(conn) -> None:
+    """Roll back if the connection is still there (a lost connection has nothing to roll back)."""
+    if not conn.closed:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            pass
 
 
 def _try_release(settings, c: claims.Claim, detail: str) -> None:

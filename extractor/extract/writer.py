@@ -6,8 +6,11 @@ scene's rows appear all at once with its status, or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import struct
+import sys
 
 import numpy as np
 from psycopg2 import sql
@@ -17,6 +20,19 @@ from extractor.db import table
 SIGS_COLUMNS = ("pid", "obsid", "band", "count", "mean", "std", "min", "max", "p25", "p50", "p75")
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_copy():
+    """psycopg2 prints (PyErr_Print) the server's error when a connection dies inside COPY FROM;
+    the worker reports that loss itself, on one line, so the printout goes to the debug log."""
+    previous = sys.excepthook
+    sys.excepthook = lambda *exc: log.debug("during COPY", exc_info=exc)
+    try:
+        yield
+    finally:
+        sys.excepthook = previous
 
 
 def sigs_records(obsid: int, pids: np.ndarray, code: str, stats: np.ndarray) -> bytes:
@@ -52,8 +68,9 @@ def copy_sigs(cur, settings, obsid: int, pids: np.ndarray, bands: list[tuple[str
         rows += int((stats[:, 0] > 0).sum())
     buf.write(_TRAILER)
     buf.seek(0)
-    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
-        table(settings, "sigs"), sql.SQL(", ").join(map(sql.Identifier, SIGS_COLUMNS))), buf)
+    with _quiet_copy():
+        cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
+            table(settings, "sigs"), sql.SQL(", ").join(map(sql.Identifier, SIGS_COLUMNS))), buf)
     return rows
 
 
@@ -68,5 +85,6 @@ def copy_hists(cur, settings, obsid: int, pids: np.ndarray, counts: np.ndarray) 
     has = counts.sum(axis=1) > 0
     lines = [f"{pid}\t{obsid}\t{hist_json(row)}\n" for pid, row in zip(pids[has].tolist(), counts[has])]
     buf = io.StringIO("".join(lines))
-    cur.copy_expert(sql.SQL("COPY {} (pid, obsid, hist) FROM STDIN").format(table(settings, "hists")), buf)
+    with _quiet_copy():
+        cur.copy_expert(sql.SQL("COPY {} (pid, obsid, hist) FROM STDIN").format(table(settings, "hists")), buf)
     return len(lines)

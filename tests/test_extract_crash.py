@@ -1,0 +1,139 @@
+"""A worker killed in the middle of writing leaves no rows; its scene is taken back after the lease
+and ends equal to an undisturbed run. A database lost mid-scene: one line, nothing written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import assert_one_line_error, run_cbm
+from extract_helpers import Scene, add_scene, extract_env, init_db, make_world
+
+LOCK = 424242
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("eodata"), s2_dates=(dt.datetime(2024, 5, 1, 10, 30, 31),),
+                      with_s1=False, with_empty=False)
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def setup_two_scenes(dbenv, world):
+    """Scene A (older) and B (same files, later): B is the undisturbed twin of A."""
+    init_db(dbenv, world)
+    a = world.scenes[0]
+    when = a.obstime + dt.timedelta(days=1)
+    add_scene(dbenv, Scene("s2", a.reference, when, a.path, a.bounds_utm, a.epsg, a.tile),
+              reference=a.reference.replace("20240501T103031", when.strftime("%Y%m%dT%H%M%S")))
+    ids = [r[0] for r in dbenv.query("SELECT id FROM dias_catalogue ORDER BY obstime")]
+    return ids
+
+
+def block_sigs_copy(holder):
+    """COPY into sigs stops after writing its rows (before commit) while `holder` holds the lock."""
+    with holder.cursor() as cur:
+        cur.execute("CREATE FUNCTION hold_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    f" PERFORM pg_advisory_lock({LOCK}); PERFORM pg_advisory_unlock({LOCK}); RETURN NULL; END $$")
+        cur.execute("CREATE TRIGGER hold_copy AFTER INSERT ON sigs FOR EACH STATEMENT EXECUTE FUNCTION hold_copy()")
+        cur.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
+
+
+def copy_waiting(dbenv):
+    rows = dbenv.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                       " AND query LIKE 'COPY%%'")
+    return rows[0][0] if rows else None
+
+
+def release(holder, dbenv, backend_pid=None):
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
+    if backend_pid:
+        wait_for(lambda: not dbenv.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend_pid,)),
+                 what="the killed worker's session to end")
+    with holder.cursor() as cur:
+        cur.execute("DROP TRIGGER hold_copy ON sigs")
+
+
+def sigs_of(dbenv, obsid):
+    return sorted(dbenv.query("SELECT pid, band, count, mean, std, min, max, p25, p50, p75 FROM sigs"
+                              " WHERE obsid = %s", (obsid,)))
+
+
+def test_sigkill_mid_write_then_lease_takeover(dbenv, world):
+    a, b = setup_two_scenes(dbenv, world)
+    env = {**os.environ, **extract_env(dbenv, world, lease=2, poll=0.2)}
+    holder = dbenv.conn()
+    block_sigs_copy(holder)
+    first = subprocess.Popen([sys.executable, "-m", "cbm", "extract", "run", "--card", "s2", "--res", "10"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backend = wait_for(lambda: copy_waiting(dbenv), what="the worker to be inside COPY")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    release(holder, dbenv, backend)
+    assert dbenv.query("SELECT count(*) FROM sigs") == [(0,)]
+    assert dbenv.query("SELECT status, attempts FROM extraction_runs WHERE obsid = %s", (a,)) == [("inprogress", 1)]
+    second = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
+    assert second.returncode == 0, second.stderr
+    assert dbenv.query("SELECT obsid, status, attempts FROM extraction_runs ORDER BY obsid") == [
+        (a, "extracted", 2), (b, "extracted", 1)]
+    rows_a, rows_b = sigs_of(dbenv, a), sigs_of(dbenv, b)
+    assert rows_a and rows_a == rows_b
+
+
+def test_scene_that_keeps_killing_workers_gets_max_attempts(dbenv, world):
+    a, b = setup_two_scenes(dbenv, world)
+    env = {**os.environ, **extract_env(dbenv, world, lease=1, poll=0.2, max_attempts=1)}
+    holder = dbenv.conn()
+    block_sigs_copy(holder)
+    first = subprocess.Popen([sys.executable, "-m", "cbm", "extract", "run", "--card", "s2", "--res", "10"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backend = wait_for(lambda: copy_waiting(dbenv), what="the worker to be inside COPY")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    release(holder, dbenv, backend)
+    second = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "Max attempts" in second.stdout
+    status = dict(dbenv.query("SELECT id, status FROM dias_catalogue"))
+    assert status == {a: "Max attempts", b: "ingested"}  # b: its -1 and 20 m runs are still to do
+    assert dbenv.query("SELECT obsid, status FROM extraction_runs ORDER BY obsid") == [
+        (a, "Max attempts"), (b, "extracted")]
+    detail = dbenv.query("SELECT detail FROM extraction_runs WHERE obsid = %s", (a,))[0][0]
+    assert "claimed 1 times" in detail
+    assert sigs_of(dbenv, a) == []
+
+
+def test_database_lost_mid_scene(dbenv, world):
+    a, b = setup_two_scenes(dbenv, world)
+    env = {**os.environ, **extract_env(dbenv, world, lease=2, poll=0.2)}
+    holder = dbenv.conn()
+    block_sigs_copy(holder)
+    worker = subprocess.Popen([sys.executable, "-m", "cbm", "extract", "run", "--card", "s2", "--res", "10"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backend = wait_for(lambda: copy_waiting(dbenv), what="the worker to be inside COPY")
+    dbenv.query("SELECT pg_terminate_backend(%s)", (backend,))
+    out, err = worker.communicate(timeout=60)
+    release(holder, dbenv)
+    assert_one_line_error(subprocess.CompletedProcess(worker.args, worker.returncode, out, err),
+                          "lost the database", "not written", code=1)
+    assert dbenv.query("SELECT count(*) FROM sigs") == [(0,)]
+    again = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
+    assert again.returncode == 0, again.stderr
+    assert dbenv.query("SELECT count(*) FROM extraction_runs WHERE status = 'extracted'") == [(2,)]
+    assert sigs_of(dbenv, a) == [(r) for r in sigs_of(dbenv, b)] and sigs_of(dbenv, a)
