@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cbm.errors import CbmError, UserError
+from extractor import settings as settings_mod
 
 console = Console(stderr=True, highlight=False)
 
@@ -56,20 +57,17 @@ def human_size(n: float) -> str:
 
 # -- target: the deployment of SPEC or the normal settings ----------------------------------
 @contextlib.contextmanager
-def target(args):
-    """(settings, env for libpq tools, default backup folder) of the command's database."""
+def target(spec: str | None, config: str | None):
+    """(settings, env for libpq tools, default backup folder) of a deployment (SPEC) or of the settings."""
     from provision import deployment, state
 
-    spec = getattr(args, "spec", None)
     if spec:
-        settings = deployment.deployment_settings(spec, getattr(args, "config", None))
+        settings = deployment.deployment_settings(spec, config)
         folder = state.state_dir(settings.deployment)
         env = deployment.libpq_env(settings, folder / deployment.PGPASS_FILE)
         yield settings, env, folder / "backups"
     else:
-        from extractor.cli import load_settings
-
-        settings = load_settings(args)
+        settings = settings_mod.load(config)
         with deployment.libpq_environment(settings) as env:
             yield settings, env, state.state_root() / "backups"
 
@@ -183,10 +181,11 @@ def backup(settings, env: dict, out: Path) -> dict:
             "seconds": time.monotonic() - start}
 
 
-def cmd_backup(args) -> int:
-    with target(args) as (settings, env, folder):
-        if args.out:
-            out = Path(args.out).expanduser()
+def run_backup(spec: str | None = None, out: str | Path | None = None, config: str | None = None) -> tuple[Path, dict]:
+    """Back up a deployment's database (spec) or the settings' one; for other commands (upgrade, down)."""
+    with target(spec, config) as (settings, env, folder):
+        if out:
+            out = Path(out).expanduser()
             if out.exists():
                 raise UserError(f"--out {out} already exists; choose another file or remove it")
             if not out.parent.is_dir():
@@ -198,6 +197,11 @@ def cmd_backup(args) -> int:
                 raise CbmError(f"cannot create the backup folder {folder}: {exc.strerror}") from None
             out = folder / default_name()
         facts = backup(settings, env, out)
+    return out, facts
+
+
+def cmd_backup(args) -> int:
+    out, facts = run_backup(args.spec, args.out, getattr(args, "config", None))
     print(f"backup: {out} ({human_size(facts['size'])}, database {facts['database']} of "
           f"{human_size(facts['db_size'])} at {facts['where']}, {facts['seconds']:.1f} s)")
     return 0
@@ -264,7 +268,7 @@ def cmd_restore(args) -> int:
 
     path = Path(args.file).expanduser()
     toc = check_archive(path)
-    with target(args) as (settings, env, _folder):
+    with target(args.spec, getattr(args, "config", None)) as (settings, env, _folder):
         name, _size = database_facts(settings)
         where = db.describe(settings)
         if not args.yes and not confirm(

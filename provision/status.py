@@ -283,7 +283,7 @@ def render(report: Report, console: Console) -> None:
     if report.hosts is not None:
         t = _table("hosts", ["kind", "name", "role", "status", "addresses / detail"])
         for h in report.hosts:
-            style = "" if h["status"] in ("ACTIVE", "in-use", "available", "ACTIVE") else "yellow"
+            style = "" if h["status"] in ("ACTIVE", "in-use", "available") else "yellow"
             t.add_row(h["kind"], h["name"], h["role"], f"[{style}]{h['status']}[/{style}]" if style else h["status"],
                       h["detail"])
         if not report.hosts:

@@ -5,7 +5,9 @@ database with notes and exit code 1."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import struct
 from collections import Counter
 
@@ -194,3 +196,34 @@ def test_spec_with_unreachable_cloud_and_manager_still_reports_the_database(post
     assert f"127.0.0.1:{postgis.port}/postgres" in proc.stdout
     assert postgis.password not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.docker
+def test_swarm_part_reaches_the_manager_over_ssh_with_the_deployment_key(tmp_path, monkeypatch):
+    """A real sshd host (the sandbox's host image) without Docker: key auth works, the host key is pinned
+    in the state folder, and the missing `docker node ls` becomes a one-line reason, not a traceback."""
+    from cbm.errors import CbmError
+    from provision import deployment, state
+    from provision.sandbox import hostimage
+    from test_deployment import write_deployment
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    public = state.ensure_ssh_key("dktest")
+    name = f"cbm-ops-status-{os.getpid()}"
+    cid = hostimage.create_host(name, authorized_keys=public, labels={"cbm-ops": "1"})
+    try:
+        ip = next(a for a in hostimage.container_ips(cid).values() if a)
+        hostimage.wait_for_ssh(ip, timeout=60)
+        path = write_deployment(tmp_path, ip, 11039, "pw")
+        dep = deployment.load(path)
+        with pytest.raises(CbmError, match=f"docker node ls on {ip} failed") as err:
+            status.swarm_nodes(dep)
+        assert "\n" not in str(err.value)
+        assert ip in dep.known_hosts.read_text()  # pinned on first contact
+        conn = deployment.manager_ssh(dep)
+        try:
+            assert conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "eouser"
+        finally:
+            conn.close()
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", cid], capture_output=True)
