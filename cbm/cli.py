@@ -42,6 +42,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options every subcommand accepts (before or after the subcommand name)."""
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="settings file (default: $CBM_CONFIG, ./cbm.yml, ~/.config/cbm/config.yml)")
+    parser.add_argument("--deployment", metavar="SPEC", default=argparse.SUPPRESS,
+                        help="data commands act on this deployment's database (its deployment.yml; "
+                             "default: $CBM_DEPLOYMENT, else the db settings)")
     parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more detail on stderr (repeat for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        for name, default in (("config", None), ("verbose", 0), ("quiet", False)):
+        for name, default in (("config", None), ("deployment", None), ("verbose", 0), ("quiet", False)):
             if not hasattr(args, name):
                 setattr(args, name, default)
         setup_logging(args.verbose, args.quiet)

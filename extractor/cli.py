@@ -11,7 +11,17 @@ from extractor import settings as settings_mod
 
 
 def load_settings(args):
-    return settings_mod.load(getattr(args, "config", None))
+    """The settings of a data command: the settings file and CBM_* variables; with --deployment SPEC
+    (or $CBM_DEPLOYMENT) the database is the deployment's PostGIS (see provision/deployment.py)."""
+    import os
+
+    config = getattr(args, "config", None)
+    spec = getattr(args, "deployment", None) or os.environ.get("CBM_DEPLOYMENT")
+    if spec:
+        from provision.deployment import deployment_settings
+
+        return deployment_settings(spec, config)
+    return settings_mod.load(config)
 
 
 # -- config -------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from cbm.errors import UserError
 
 
 def _settings(args):
-    from extractor import settings as settings_mod
+    from extractor.cli import load_settings
 
-    return settings_mod.load(getattr(args, "config", None))
+    return load_settings(args)
 
 
 def cmd_run(args) -> int:
