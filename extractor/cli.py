@@ -60,7 +60,10 @@ def register(sub) -> None:
     parcels.register(sub)
     aoi.register(sub)
     catalog.register(sub)
-    extract_cli.register(sub)
+    extract_group = extract_cli.register(sub)
+    from provision import extract_service  # `cbm extract swarm SPEC` runs the workers on a deployment
+
+    extract_service.register(extract_group)
 
 
 if __name__ == "__main__":  # pragma: no cover
