@@ -210,7 +210,11 @@ def cmd_add(args) -> int:
             how = add_from_parcels(conn, settings, args.name, args.from_parcels, args.replace)
         else:
             how = add_from_geojson(conn, settings, args.name, args.geojson, args.replace)
-        print(f"AOI {args.name}: {how}; {_summary(conn, settings, args.name)}")
+        summary = _summary(conn, settings, args.name)
+        if args.dry_run:
+            conn.rollback()
+            print("dry run: nothing was written; the AOI would be:")
+        print(f"AOI {args.name}: {how}; {summary}")
     return 0
 
 
@@ -248,4 +252,5 @@ def register(sub) -> None:
     source.add_argument("--from-parcels", metavar="TABLE", help="a parcel table loaded with cbm parcels load")
     source.add_argument("--geojson", metavar="FILE", help="a GeoJSON polygon file in EPSG:4326")
     add.add_argument("--replace", action="store_true", help="overwrite an existing AOI of that name")
+    add.add_argument("--dry-run", action="store_true", help="compute and show the AOI, write nothing")
     add_command(group, "list", cmd_list, "list the AOIs with their lon/lat bounds and area")

@@ -195,18 +195,21 @@ FROM (
 WHERE skip IS NOT NULL OR invalid""").format(stage=stage, cls=cls, normalise=sql.SQL(NORMALISE))
 
 
-def load_parcels(settings, source, table: str, replace: bool = False, progress=None) -> LoadResult:
-    """Load a ParcelSource into `table` in one transaction; returns what was loaded and skipped."""
+def load_parcels(settings, source, table: str, replace: bool = False, progress=None,
+                 dry_run: bool = False) -> LoadResult:
+    """Load a ParcelSource into `table` in one transaction; returns what was loaded and skipped.
+
+    With dry_run everything is done and then rolled back: the result says what a load would do."""
     import psycopg2
 
     try:
-        return _load(settings, source, table, replace, progress)
+        return _load(settings, source, table, replace, progress, dry_run)
     except psycopg2.Error as exc:
         reason = " ".join(str(exc).split("\n")[0].split())
         raise CbmError(f"loading {source.path} into table {table} failed ({reason}); nothing was loaded") from None
 
 
-def _load(settings, source, table: str, replace: bool, progress) -> LoadResult:
+def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) -> LoadResult:
     import io
 
     import psycopg2
@@ -298,7 +301,7 @@ def _load(settings, source, table: str, replace: bool, progress) -> LoadResult:
         src_names = sql.SQL("").join(sql.SQL(", s.{}").format(sql.Identifier(c)) for _, c, _ in columns)
         cur.execute(sql.SQL('INSERT INTO {} (ogc_fid{}, wkb_geometry)'
                             ' SELECT s."#fid"{}, ST_SetSRID(ST_Multi(COALESCE(c.g, {})), {})'
-                            ' FROM {} s LEFT JOIN {} c USING ("#n") WHERE c.skip IS NULL ORDER BY s."#n"')
+                            ' FROM {} s LEFT JOIN {} c USING ("#n") WHERE c.skip IS NULL')
                     .format(target, col_names, src_names, sql.SQL(NORMALISE.replace('"#g"', 's."#g"')),
                             sql.Literal(source.srid), stage, cls))
         cur.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(%s, 'ogc_fid'), (SELECT max(ogc_fid) FROM {}))")
@@ -308,7 +311,10 @@ def _load(settings, source, table: str, replace: bool, progress) -> LoadResult:
         cur.execute(sql.SQL("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)"
                             " FROM (SELECT ST_Extent(wkb_geometry) AS e FROM {}) x").format(target))
         result.extent = cur.fetchone()
-        cur.execute(sql.SQL("ANALYZE {}").format(target))
+        if dry_run:
+            conn.rollback()
+        else:
+            cur.execute(sql.SQL("ANALYZE {}").format(target))
     return result
 
 
@@ -396,8 +402,11 @@ def cmd_load(args) -> int:
     parcel_table(settings, args.table)          # a bad name fails before the file is read
     source = open_parcel_file(args.file, layer=args.layer, srid=args.srid)
     with _progress(source.features, args) as progress:
-        result = load_parcels(settings, source, args.table, replace=args.replace, progress=progress)
+        result = load_parcels(settings, source, args.table, replace=args.replace, progress=progress,
+                              dry_run=args.dry_run)
     verb = "replaced" if result.replaced else "created"
+    if args.dry_run:
+        print("dry run: nothing was written; a load would give:")
     print(f"loaded {result.loaded} parcels from {source.describe} into {result.table} ({verb}; "
           f"ogc_fid, {result.columns} attributes, wkb_geometry MultiPolygon)")
     print(f"repaired {result.repaired} invalid geometr{'y' if result.repaired == 1 else 'ies'} (ST_MakeValid)")
@@ -474,6 +483,8 @@ def register(sub) -> None:
                       help="the table to create (letters, digits, _; lower-cased as ogr2ogr does)")
     load.add_argument("--layer", metavar="L", help="the layer to read, when the file has several")
     load.add_argument("--replace", action="store_true", help="replace the table if it exists (else an error)")
+    load.add_argument("--dry-run", action="store_true",
+                      help="read, check and repair everything, report, then roll back: nothing is written")
     load.add_argument("--srid", type=_epsg_arg, metavar="EPSG",
                       help="the EPSG code of a file without a CRS (e.g. a shapefile without .prj)")
 

@@ -37,6 +37,17 @@ def dk_geojson(folder: Path, extra: list[dict] | None = None, name: str = "dk.ge
     return path
 
 
+def dk_geopackage(folder: Path) -> Path:
+    """The DK parcels as a GeoPackage written by GDAL: its fid column is called `fid`."""
+    import pyogrio.raw
+
+    path = folder / "dk.gpkg"
+    meta, _, geometry, field_data = pyogrio.raw.read(DK_SHP)
+    pyogrio.raw.write(path, geometry, field_data, meta["fields"], crs=meta["crs"], driver="GPKG",
+                      geometry_type="Polygon", encoding="UTF-8", layer="marker")
+    return path
+
+
 def nl_geoparquet(folder: Path) -> Path:
     """The NL parcels as GeoParquet 1.1: WKB column `geometry`, CRS as PROJJSON (EPSG:28992)."""
     import pyarrow as pa

@@ -38,6 +38,10 @@ def write(tmp_path, name, doc):
 
 
 def test_from_parcels_covers_every_parcel(dk):
+    before = snapshot(dk)
+    proc = run_cbm("aoi", "add", "dk", "--from-parcels", "dk_parcels", "--dry-run", env=dk)
+    assert proc.returncode == 0 and "dry run" in proc.stdout and "lon 8.5" in proc.stdout, proc
+    assert snapshot(dk) == before
     proc = run_cbm("aoi", "add", "dk", "--from-parcels", "dk_parcels", env=dk)
     assert proc.returncode == 0, proc.stderr
     assert "extent of 100 parcels" in proc.stdout and "EPSG:25832" in proc.stdout

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import assert_one_line_error, run_cbm
-from parcel_samples import (BOWTIE, DK_SHP, EMPTY, NL_GPKG, POINT, dk_geojson, dk_without_prj,
+from parcel_samples import (BOWTIE, DK_SHP, EMPTY, NL_GPKG, POINT, dk_geojson, dk_geopackage, dk_without_prj,
                             feature_collection, nl_geoparquet, snapshot)
 
 
@@ -18,6 +18,7 @@ def files(tmp_path_factory):
     return {
         "dk_bad": dk_geojson(folder, [BOWTIE, POINT, EMPTY, None], "dk_bad.geojson"),
         "nl_parquet": nl_geoparquet(folder),
+        "dk_gpkg": dk_geopackage(folder),
         "noprj": dk_without_prj(folder),
         "empty": feature_collection(folder, "empty.geojson", []),
         "points": feature_collection(folder, "points.geojson", [POINT, POINT]),
@@ -121,6 +122,18 @@ def test_geojson_invalid_repaired_and_bad_features_skipped(db, files):
                     " FROM dk_json WHERE ogc_fid = 101") == [(2, True, 5000.0)]
     assert db.query("SELECT count(*), bool_and(ST_IsValid(wkb_geometry)) FROM dk_json") == [(101, True)]
     assert geometry_column(db, "dk_json") == [("MULTIPOLYGON", 25832)]
+
+
+def test_dry_run_writes_nothing_and_gpkg_fid_becomes_ogc_fid(db, files):
+    before = snapshot(db)
+    proc = load(db, files["dk_gpkg"], "dk", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run" in proc.stdout and "loaded 100 parcels" in proc.stdout
+    assert snapshot(db) == before
+    proc = load(db, files["dk_gpkg"], "dk")
+    assert proc.returncode == 0, proc.stderr
+    # GDAL names the GeoPackage fid column `fid`: it is kept, and it is ogc_fid.
+    assert db.query("SELECT count(*), count(*) FILTER (WHERE ogc_fid = fid), min(ogc_fid) FROM dk") == [(100, 100, 1)]
 
 
 def test_existing_table_needs_replace(db, files):
