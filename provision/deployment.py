@@ -114,7 +114,7 @@ def _require_password(dep: Deployment) -> Path:
     path = dep.password_file
     if not path.is_file():
         raise UserError(f"deployment {dep.name} has no database password on this machine ({path}); "
-                        f"run cbm up {dep.spec.where} (or cbm configure) first")
+                        f"run cbm configure {dep.spec.where} (cbm up does it too) first")
     return path
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cbm.errors import CbmError, UserError
@@ -57,13 +58,13 @@ def cloud_hosts(spec) -> list[dict]:
     rows = []
     for server in found.servers():
         meta = server.metadata or {}
-        addresses = []
+        per_net = []
         for net, addrs in sorted((server.addresses or {}).items()):
-            for a in addrs or []:
-                kind = a.get("OS-EXT-IPS:type")
-                addresses.append(f"{a.get('addr')}{' (floating)' if kind == 'floating' else ''} [{net}]")
+            shown = [f"{a.get('addr')}{' (floating)' if a.get('OS-EXT-IPS:type') == 'floating' else ''}"
+                     for a in addrs or []]
+            per_net.append(f"{net}: {', '.join(shown)}")
         rows.append({"kind": "server", "name": server.name, "role": meta.get("cbm-role", "?"),
-                     "status": server.status, "detail": ", ".join(addresses)})
+                     "status": server.status, "detail": "; ".join(per_net)})
     for vol in found.volumes:
         attached = ", ".join(a.get("server_id", "")[:8] + ":" + str(a.get("device", ""))
                              for a in (vol.attachments or []))
@@ -90,7 +91,8 @@ def swarm_nodes(dep, timeout: float = 10) -> list[dict]:
         conn.close()
     if not result.ok:
         reason = " ".join((result.stderr or result.stdout or f"exit {result.exited}").split())[:200]
-        raise CbmError(f"docker node ls on {dep.manager_host} failed: {reason}")
+        raise CbmError(f"docker node ls on {dep.manager_host} failed: {reason} "
+                       f"(is the swarm set up? cbm configure {dep.spec.where})")
     nodes = []
     for line in result.stdout.splitlines():
         line = line.strip()
@@ -232,6 +234,9 @@ def gather(spec_path: str | None, config: str | None, with_timeline: bool = Fals
         return report, False
     try:
         report.swarm = swarm_nodes(dep)
+    except CbmError as exc:  # SSH worked, docker did not answer
+        report.notes.append(f"swarm: {exc}")
+        ok = False
     except Exception as exc:  # noqa: BLE001 - any SSH failure is a note, never a traceback
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         report.notes.append(f"swarm: skipped, the manager {dep.manager_host} is unreachable over SSH ({reason})")
@@ -271,8 +276,15 @@ def run_name(res: int) -> str:
     return RUN_NAMES.get(res, str(res))
 
 
+class _Table(Table):
+    """A rich table whose cells are data, never markup (a '[net]' in a cell stays as it is)."""
+
+    def add_row(self, *cells, **kwargs):  # noqa: D102
+        super().add_row(*(escape(str(c)) for c in cells), **kwargs)
+
+
 def _table(title: str, columns: list[str], right: set[str] = frozenset()) -> Table:
-    t = Table(title=title, title_justify="left", title_style="bold", min_width=len(title) + 2)
+    t = _Table(title=title, title_justify="left", title_style="bold", min_width=len(title) + 2)
     for c in columns:
         t.add_column(c, justify="right" if c in right else "left")
     return t
@@ -283,9 +295,9 @@ def render(report: Report, console: Console) -> None:
     if report.hosts is not None:
         t = _table("hosts", ["kind", "name", "role", "status", "addresses / detail"])
         for h in report.hosts:
-            style = "" if h["status"] in ("ACTIVE", "in-use", "available") else "yellow"
-            t.add_row(h["kind"], h["name"], h["role"], f"[{style}]{h['status']}[/{style}]" if style else h["status"],
-                      h["detail"])
+            ok = h["status"] in ("ACTIVE", "in-use", "available")
+            t.add_row(h["kind"], h["name"], h["role"], h["status"], h["detail"],
+                      style=None if ok else "yellow")
         if not report.hosts:
             t.add_row("-", "nothing of this deployment in the cloud", "", "", "")
         console.print(t)
@@ -317,7 +329,7 @@ def render(report: Report, console: Console) -> None:
                       str(p["running"]), str(p["left"]), f"{p['rows']:,}", f"{p['rate']:.1f}", eta)
         console.print(t)
     for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def write_png(report: Report, path) -> None:
