@@ -125,3 +125,23 @@ def test_whole_scene_equals_rasterstats(dbenv, world):
         assert row[0] == z["count"] and row[3] == z["min"] and row[4] == z["max"]
         assert row[1] == pytest.approx(z["mean"], rel=1e-6) and row[2] == pytest.approx(z["std"], rel=1e-6)
         assert list(row[5:]) == [np.float32(z[k]) for k in ("percentile_25", "percentile_50", "percentile_75")]
+
+
+def test_prepare_builds_the_grids_the_catalogue_needs_once(dbenv, world):
+    init_db(dbenv, world)
+    env = extract_env(dbenv, world)
+    dry = run_cbm("extract", "prepare", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would rasterize parcels for s2 EPSG:32631 10 m" in dry.stdout
+    assert dbenv.query("SELECT count(*) FROM extract_grids") == [(0,)]
+    proc = run_cbm("extract", "prepare", env=env)
+    assert proc.returncode == 0, proc.stderr
+    grids = dbenv.query("SELECT crs, res_x, phase_x, parcels_n FROM extract_grids ORDER BY id")
+    assert [(g[0], g[1], g[2]) for g in grids[:2]] == [("EPSG:32631", 10.0, 0.0), ("EPSG:32631", 20.0, 0.0)]
+    assert {g[0] for g in grids[2:]} == {"EPSG:4326", "EPSG:3035"}  # read from the S1 files
+    assert all(g[3] == 11 for g in grids[:1])  # parcel 6 covers no pixel centre at 10 m
+    again = run_cbm("extract", "prepare", env=env)
+    assert again.returncode == 0 and dbenv.query("SELECT count(*) FROM extract_grids") == [(len(grids),)]
+    # the workers use the prepared grids (no new build)
+    run(env, "s2", 10)
+    assert dbenv.query("SELECT count(*) FROM extract_grids") == [(len(grids),)]
