@@ -103,14 +103,20 @@ class Cloud:
         self.backend = backend_mod.Backend(instance, self.state_dir)
         from provision.sandbox import network
         taken: set[str] = set()
+        admin_project = uuid.uuid4().hex
         for name, external, eodata in (("cbm-private", False, False), ("eodata", False, True),
                                        ("external", True, False)):
             cidr = self.backend.free_cidr(taken)
             taken.add(cidr)
             net = network.new_network(self, {"name": name, "router:external": external})
             net["cbm:eodata"] = eodata
-            network.new_subnet(self, {"network_id": net["id"], "cidr": cidr, "name": f"{name}-subnet",
-                                      "ip_version": 4})
+            subnet = {"network_id": net["id"], "cidr": cidr, "name": f"{name}-subnet", "ip_version": 4}
+            if eodata:  # like CloudFerro's eodata network: no gateway, so it is not a NAT destination
+                subnet["gateway_ip"] = None
+            if external:  # the floating-IP pool's subnet belongs to the admin project: tenants cannot see it
+                net.update(project_id=admin_project, tenant_id=admin_project)
+                subnet["cbm:hidden"] = True
+            network.new_subnet(self, subnet)
         network.new_security_group(self, "default", "Default security group")
         return data
 
@@ -215,7 +221,7 @@ class Cloud:
         from provision.sandbox import compute
         with self.lock:
             for net in self.data["subnets"].values():
-                self.backend.ensure_network(net["network_id"], net["cidr"], net["gateway_ip"])
+                self.backend.ensure_network(net["network_id"], net["cidr"], net["cbm:docker_gateway"])
             for vol in list(self.data["volumes"].values()):
                 if vol["status"] in ("creating", "deleting"):
                     vol["status"] = "error"

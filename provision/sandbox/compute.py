@@ -441,7 +441,7 @@ def _nics_and_mounts(cloud: Cloud, srv: dict):
         port = cloud.data["ports"][pid]
         net = cloud.data["networks"][port["network_id"]]
         sub = cloud.data["subnets"][port["fixed_ips"][0]["subnet_id"]]
-        docker_net = cloud.backend.ensure_network(net["id"], sub["cidr"], sub["gateway_ip"])
+        docker_net = cloud.backend.ensure_network(net["id"], sub["cidr"], sub["cbm:docker_gateway"])
         nics.append((docker_net, port["fixed_ips"][0]["ip_address"]))
         if net.get("cbm:eodata"):
             eodata = Path(cloud.data["eodata"])

@@ -128,6 +128,7 @@ def boot():
     new_boot_id()
     install_keys()
     run("ssh-keygen", "-A")
+    run("/usr/local/sbin/cbm-sandbox-fixups")
     started = rc_scripts()
     if "ssh" not in started:
         started.append("ssh")
@@ -193,6 +194,23 @@ exit 0
 
 GUEST_RUNLEVEL = "#!/bin/sh\necho N 2\n"
 
+# Adapts package scripts to a host without CAP_SYS_RESOURCE: init scripts that raise hard limits
+# (`ulimit -n 1048576` in /etc/init.d/docker) would fail. Run by policy-rc.d, i.e. by invoke-rc.d
+# before a package starts or restarts its service, and at every boot.
+GUEST_FIXUPS = r'''#!/bin/sh
+# cbm-sandbox: no CAP_SYS_RESOURCE in a sandbox host, so `ulimit` may not raise hard limits there.
+for f in /etc/init.d/*; do
+  [ -f "$f" ] || continue
+  if grep -qE '^[[:space:]]*ulimit [^|]*$' "$f"; then
+    sed -i -E 's/^([[:space:]]*ulimit [^|]*)$/\1 2>\/dev\/null || true/' "$f"
+  fi
+done
+exit 0
+'''
+
+# invoke-rc.d asks policy-rc.d before starting a service from a package's maintainer script.
+GUEST_POLICY = "#!/bin/sh\n/usr/local/sbin/cbm-sandbox-fixups\nexit 0\n"
+
 DOCKERFILE = """\
 FROM {base}
 ENV DEBIAN_FRONTEND=noninteractive
@@ -203,13 +221,19 @@ RUN printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/s
  && useradd -m -s /bin/bash -G sudo {user} \\
  && echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user} && chmod 440 /etc/sudoers.d/90-{user} \\
  && mkdir -p {guest_state} /eodata && touch {guest_state}/devices
+# systemd-sysv (pulled in by docker.io's recommends) must not replace these: divert its copies
+RUN for f in shutdown reboot halt poweroff runlevel; do \
+      dpkg-divert --local --rename --divert /sbin/$f.distrib --add /sbin/$f; done
 COPY cbm-init /sbin/cbm-init
 COPY cbm-shutdown /sbin/shutdown
 COPY cbm-shutdown /sbin/reboot
 COPY cbm-shutdown /sbin/halt
 COPY cbm-shutdown /sbin/poweroff
 COPY runlevel /sbin/runlevel
-RUN chmod 755 /sbin/cbm-init /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel
+COPY cbm-sandbox-fixups /usr/local/sbin/cbm-sandbox-fixups
+COPY policy-rc.d /usr/sbin/policy-rc.d
+RUN chmod 755 /sbin/cbm-init /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel \
+      /usr/local/sbin/cbm-sandbox-fixups /usr/sbin/policy-rc.d
 LABEL {label}=1 {label}.recipe={recipe}
 STOPSIGNAL SIGTERM
 CMD ["/sbin/cbm-init"]
@@ -239,7 +263,8 @@ def image_labels(image: str) -> dict | None:
 
 def _host_files() -> dict[str, str]:
     init = GUEST_INIT.replace("@USER@", DEFAULT_USER).replace("@REBOOT@", str(REBOOT_EXIT_CODE))
-    return {"cbm-init": init, "cbm-shutdown": GUEST_SHUTDOWN, "runlevel": GUEST_RUNLEVEL}
+    return {"cbm-init": init, "cbm-shutdown": GUEST_SHUTDOWN, "runlevel": GUEST_RUNLEVEL,
+            "cbm-sandbox-fixups": GUEST_FIXUPS, "policy-rc.d": GUEST_POLICY}
 
 
 def _recipe() -> str:

@@ -78,14 +78,15 @@ def new_subnet(cloud: Cloud, body: dict) -> dict:
         raise neutron_error(400, f"Invalid input for cidr. Reason: '{body.get('cidr')}' is not a valid IP subnet.",
                             "HTTPBadRequest") from None
     hosts = list(cidr.hosts())
-    gateway = body.get("gateway_ip") or str(hosts[0])
+    gateway = body.get("gateway_ip", str(hosts[0]))  # an explicit null: no gateway (docker still needs one)
     sub = {**_base(cloud, body), "name": body.get("name") or "", "network_id": net["id"], "cidr": str(cidr),
            "ip_version": 4, "gateway_ip": gateway, "enable_dhcp": True,
            "allocation_pools": [{"start": str(hosts[1]), "end": str(hosts[-1])}],
            "dns_nameservers": [], "host_routes": [], "subnetpool_id": None, "ipv6_address_mode": None,
-           "ipv6_ra_mode": None, "service_types": []}
+           "ipv6_ra_mode": None, "service_types": [], "cbm:docker_gateway": str(hosts[0]),
+           "cbm:hidden": bool(body.get("cbm:hidden"))}
     try:
-        cloud.backend.ensure_network(net["id"], sub["cidr"], gateway)
+        cloud.backend.ensure_network(net["id"], sub["cidr"], sub["cbm:docker_gateway"])
     except Exception as exc:
         raise neutron_error(409, f"Cannot create the network for {cidr}: {exc}", "InvalidInput") from None
     cloud.data["subnets"][sub["id"]] = sub
@@ -165,7 +166,7 @@ def subnet_of(cloud: Cloud, network_id: str) -> dict:
 
 
 def used_addresses(cloud: Cloud, subnet: dict) -> set[str]:
-    used = {subnet["gateway_ip"]}
+    used = {subnet["gateway_ip"], subnet["cbm:docker_gateway"]}
     for port in cloud.data["ports"].values():
         used |= {ip["ip_address"] for ip in port["fixed_ips"] if ip["subnet_id"] == subnet["id"]}
     for fip in cloud.data["floatingips"].values():
@@ -370,7 +371,7 @@ def _fields(req: Request, obj: dict) -> dict:
 
 def _get(cloud: Cloud, seg: str, obj_id: str) -> dict:
     obj = cloud.data[COLLECTIONS[seg][1]].get(obj_id)
-    if obj is None:
+    if obj is None or obj.get("cbm:hidden"):
         raise neutron_error(404, f"{LABEL[seg]} {obj_id} could not be found.", NOT_FOUND_TYPE[seg])
     return obj
 
@@ -383,7 +384,7 @@ def _register(seg: str) -> None:
     @router.route("GET", f"{N}/{seg}", kind=f"{kind}.list", service="network")
     def list_(cloud: Cloud, req: Request):
         with cloud.lock:
-            items = [view(cloud, seg, o) for o in cloud.data[coll].values()]
+            items = [view(cloud, seg, o) for o in cloud.data[coll].values() if not o.get("cbm:hidden")]
         items = filter_items(req, items)
         page, extra = paginate(req, items, coll, max_limit=cloud.data["page_size"])
         return 200, {coll: [_fields(req, o) for o in page], **extra}
@@ -398,6 +399,7 @@ def _register(seg: str) -> None:
         body = (req.body or {}).get(singular)
         if not isinstance(body, dict):
             raise neutron_error(400, f"Resource body required: expected {singular!r}.", "HTTPBadRequest")
+        body = {k: v for k, v in body.items() if not k.startswith("cbm:")}
         with cloud.lock:
             if seg in QUOTA and seg not in ("ports", "floatingips"):
                 cloud.quota_check("network", QUOTA[seg], len(cloud.data[coll]))
