@@ -83,3 +83,26 @@ def assert_one_line_error(proc, *needles: str, code: int | None = None):
     for needle in needles:
         assert needle.lower() in err.lower(), err
     return err
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """One sandbox cloud for the session (provision/sandbox): real host containers, loop-device volumes.
+
+    `sandbox.env` (OS_CLIENT_CONFIG_FILE, OS_CLOUD), `.clouds_yaml`, `.cloud_name`, `.connect()`,
+    `.inject(kind, mode=, count=)`, `.clear_faults()`, `.settings(page_size=, quotas=)`, `.status()`;
+    `sandbox.eodata` is the folder mounted read-only at /eodata in servers on the `eodata` network.
+    Purged (containers, networks, loop devices, files) at the end of the session."""
+    import shutil as _shutil
+
+    from provision.sandbox import Sandbox
+
+    if _shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("the sandbox cloud needs a running Docker Engine: run scripts/dockerd.sh (as root)")
+    root = tmp_path_factory.mktemp("sandbox")
+    eodata = root / "eodata"
+    eodata.mkdir()
+    sb = Sandbox(root / "state", eodata=eodata).start()
+    sb.eodata = eodata
+    yield sb
+    sb.stop(purge=True)
