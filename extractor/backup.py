@@ -90,9 +90,13 @@ def database_facts(settings) -> tuple[str, int]:
 class ToolRun:
     """A pg_dump/pg_restore child: stderr read line by line (progress, last lines for errors)."""
 
+    # pg_restore --verbose: one of these lines per archive item restored (drops are not counted)
+    ITEM_PREFIXES = ("creating ", "processing data", "executing ")
+
     def __init__(self, argv: list[str], env: dict):
         self.argv = argv
-        self.lines = 0
+        self.items = 0
+        self.current = ""
         self.last = deque(maxlen=20)
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, errors="replace")
@@ -101,8 +105,12 @@ class ToolRun:
 
     def _read(self) -> None:
         for line in self.proc.stderr:
-            self.lines += 1
-            self.last.append(line.rstrip())
+            line = line.rstrip()
+            self.last.append(line)
+            text = line.split(": ", 1)[-1]
+            if text.startswith(self.ITEM_PREFIXES):
+                self.items += 1
+                self.current = text[:60]
 
     def wait(self, tick=None) -> int:
         while self.proc.poll() is None:
@@ -253,7 +261,7 @@ def restore(settings, env: dict, path: Path, toc: list[str], database: str) -> f
     run = ToolRun(restore_command(path, database), env)
     try:
         with live(f"pg_restore into {database}", total=len(toc)) as update:
-            rc = run.wait(lambda: update(completed=min(run.lines, len(toc))))
+            rc = run.wait(lambda: update(completed=min(run.items, len(toc)), info=run.current))
     except BaseException:
         run.stop()
         raise
