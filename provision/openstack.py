@@ -359,7 +359,19 @@ class _Up:
             return None
         with api(f"attaching volume {vol.name} to {manager.name}"):
             att = self.conn.compute.create_volume_attachment(manager, vol.id)
-        vol = self._wait_volume(vol, ("in-use",))
+        seen = []
+
+        def failed(v):
+            seen.append(v.status)
+            if v.status.startswith("error"):
+                return f"went to state {v.status}"
+            if v.status == "available" and "attaching" in seen:
+                return (f"attaching it to {manager.name} failed: it went back to available "
+                        "(run `cbm up` again to retry)")
+            return None
+        bs = self.conn.block_storage
+        vol = wait_for(f"volume {vol.name} attaching", lambda: bs.get_volume(vol.id),
+                       done=lambda v: v.status == "in-use", failed=failed, timeout=self.timeout)
         for a in vol.attachments or []:
             if a.get("server_id") == manager.id and a.get("device"):
                 return a["device"]

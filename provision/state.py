@@ -10,6 +10,10 @@ Every file is created 0600 and every folder 0700; the private key is never print
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -95,10 +99,21 @@ def forget_hosts(name: str, addresses) -> None:
     addresses = {a for a in addresses if a}
     if not path.exists() or not addresses:
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        hosts = line.split(" ", 1)[0].split(",")
-        bare = {h[1:].split("]:")[0] if h.startswith("[") else h for h in hosts}
-        if not bare & addresses:
-            kept.append(line)
+    kept = [line for line in path.read_text().splitlines()
+            if not any(_host_matches(h, addresses) for h in line.split(" ", 1)[0].split(","))]
     write_private(path, "".join(f"{line}\n" for line in kept))
+
+
+def _host_matches(field: str, addresses: set[str]) -> bool:
+    """A known_hosts host field: plain ('10.0.0.5', '[10.0.0.5]:2222') or hashed ('|1|salt|hmac',
+    what Debian's default HashKnownHosts writes)."""
+    if field.startswith("|1|"):
+        try:
+            _, _, salt, digest = field.split("|")
+            salt_bytes = base64.b64decode(salt)
+        except (ValueError, binascii.Error):
+            return False
+        return any(base64.b64encode(hmac.new(salt_bytes, a.encode(), hashlib.sha1).digest()).decode() == digest
+                   for a in addresses)
+    bare = field[1:].split("]:")[0] if field.startswith("[") else field
+    return bare in addresses

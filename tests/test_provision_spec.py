@@ -141,9 +141,15 @@ def test_ssh_key_is_private_and_stable(isolated):
 def test_forget_hosts_drops_only_given_addresses(isolated):
     state.ensure_ssh_key("dk")
     kh = state.known_hosts_path("dk")
-    kh.write_text("10.0.0.5 ssh-ed25519 AAAA1\n[10.0.0.6]:2222 ssh-ed25519 AAAA2\n10.0.0.7 ssh-ed25519 AAAA3\n")
-    state.forget_hosts("dk", {"10.0.0.5", "10.0.0.6"})
-    assert kh.read_text() == "10.0.0.7 ssh-ed25519 AAAA3\n"
+    kh.write_text("10.0.0.8 ssh-ed25519 AAAA4\n10.0.0.9 ssh-ed25519 AAAA5\n")
+    # ssh-keygen -H hashes the names as Debian's HashKnownHosts does; both forms are forgotten
+    subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, capture_output=True)
+    kh.with_name("known_hosts.old").unlink()
+    assert "10.0.0.8" not in kh.read_text()
+    kh.write_text("10.0.0.5 ssh-ed25519 AAAA1\n[10.0.0.6]:2222 ssh-ed25519 AAAA2\n10.0.0.7 ssh-ed25519 AAAA3\n"
+                  + kh.read_text())
+    state.forget_hosts("dk", {"10.0.0.5", "10.0.0.6", "10.0.0.8"})
+    assert sorted(line.split()[-1] for line in kh.read_text().splitlines()) == ["AAAA3", "AAAA5"]
     assert stat.S_IMODE(kh.stat().st_mode) == 0o600
 
 
