@@ -102,15 +102,12 @@ class Cloud:
         self.data = data
         self.backend = backend_mod.Backend(instance, self.state_dir)
         from provision.sandbox import network
-        taken: set[str] = set()
         admin_project = uuid.uuid4().hex
         for name, external, eodata in (("cbm-private", False, False), ("eodata", False, True),
                                        ("external", True, False)):
-            cidr = self.backend.free_cidr(taken)
-            taken.add(cidr)
             net = network.new_network(self, {"name": name, "router:external": external})
             net["cbm:eodata"] = eodata
-            subnet = {"network_id": net["id"], "cidr": cidr, "name": f"{name}-subnet", "ip_version": 4}
+            subnet = {"network_id": net["id"], "name": f"{name}-subnet", "ip_version": 4}
             if eodata:  # like CloudFerro's eodata network: no gateway, so it is not a NAT destination
                 subnet["gateway_ip"] = None
             if external:  # the floating-IP pool's subnet belongs to the admin project: tenants cannot see it

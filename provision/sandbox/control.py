@@ -235,10 +235,10 @@ class Sandbox:
     def status(self) -> dict:
         return self._admin("GET", "/status")
 
-    def connect(self):
-        """An openstacksdk Connection to this sandbox."""
+    def connect(self, **options):
+        """An openstacksdk Connection to this sandbox (options as in clouds.yaml, e.g. api_timeout=5)."""
         import openstack
         import openstack.config
 
         config = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
-        return openstack.connection.Connection(config=config.get_one(cloud=CLOUD_NAME))
+        return openstack.connection.Connection(config=config.get_one(cloud=CLOUD_NAME, **options))

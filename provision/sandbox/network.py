@@ -71,12 +71,20 @@ def new_subnet(cloud: Cloud, body: dict) -> dict:
         raise neutron_error(400, "The sandbox supports one subnet per network.", "BadRequest")
     if int(body.get("ip_version", 4)) != 4:
         raise neutron_error(400, "Only IPv4 subnets are supported by the sandbox.", "BadRequest")
-    taken = {s["cidr"] for s in cloud.data["subnets"].values()}
+    taken = {s["cidr"] for s in cloud.data["subnets"].values()} | set(body.get("cbm:taken") or ())
     try:
         cidr = ipaddress.ip_network(body.get("cidr") or cloud.backend.free_cidr(taken))
     except ValueError:
         raise neutron_error(400, f"Invalid input for cidr. Reason: '{body.get('cidr')}' is not a valid IP subnet.",
                             "HTTPBadRequest") from None
+    if not body.get("cidr"):  # our pick may race with another sandbox starting: try the next free /24
+        for _ in range(8):
+            try:
+                cloud.backend.ensure_network(net["id"], str(cidr), str(next(cidr.hosts())))
+                break
+            except Exception:
+                taken.add(str(cidr))
+                cidr = ipaddress.ip_network(cloud.backend.free_cidr(taken))
     hosts = list(cidr.hosts())
     gateway = body.get("gateway_ip", str(hosts[0]))  # an explicit null: no gateway (docker still needs one)
     sub = {**_base(cloud, body), "name": body.get("name") or "", "network_id": net["id"], "cidr": str(cidr),
