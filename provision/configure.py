@@ -1,5 +1,245 @@
-"""(work in progress)"""
+"""`cbm configure SPEC [--check]`: configure the deployment's hosts with Ansible (playbooks/site.yml).
+
+The hosts come from the inventory `cbm up` wrote next to the spec (inventories/<name>/hosts.yml).
+Every run gets its own ansible-runner private data dir under the deployment's state folder,
+    ${XDG_STATE_HOME:-~/.local/state}/cbm/<name>/runs/<UTC timestamp>/   (artifacts/ inside)
+The terminal shows a line per task (and the hosts it changed or failed on) and a summary per
+host; the exit code is ansible-playbook's (0 ok, 2 a host failed, 4 a host unreachable). On
+failure one line names the host, the task and the run's artifacts.
+
+The postgres password is generated once into the state folder (db_password, 0600) and never
+passed on a command line; the roles read it from there (no_log).
+
+Optional: `configure.yml` next to the spec holds extra variables for the roles (e.g. the
+sandbox builds its PostGIS image on the host instead of pulling one):
+    postgis_image_source: build
+    postgis_build_base_image: cbm-sandbox/base:bookworm
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from cbm.cli import add_command
+from cbm.errors import CbmError, UserError
+from provision import ssh, state
+
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOKS = REPO / "playbooks"
+ROLES = REPO / "roles"
+PASSWORD_FILE = "db_password"
+EXTRA_VARS_FILE = "configure.yml"
 
 
 def register(sub) -> None:
     """Add the `cbm configure` command."""
+    p = add_command(sub, "configure", cmd_configure,
+                    "configure the deployment's hosts with Ansible: packages, data volume, Docker, "
+                    "PostGIS, schema, swarm (playbooks/site.yml)")
+    p.add_argument("spec", metavar="SPEC", help="the deployment spec (inventories/<name>/deployment.yml)")
+    p.add_argument("--check", action="store_true", help="report what would change, change nothing")
+
+
+def cmd_configure(args) -> int:
+    from provision import spec as spec_mod
+
+    spec = spec_mod.load(args.spec)
+    return configure(spec, check=args.check)
+
+
+# -- the deployment's files ------------------------------------------------------------------
+def inventory_path(spec) -> Path:
+    return spec.path.parent / "hosts.yml"
+
+
+def password_file(name: str) -> Path:
+    """The postgres password of the deployment (generated once, 0600, in its state folder)."""
+    path = state.state_dir(name) / PASSWORD_FILE
+    if not path.exists():
+        state.write_private(path, secrets.token_urlsafe(24))
+    return path
+
+
+def database_env(spec) -> dict[str, str]:
+    """Environment for `cbm` data commands (and libpq tools) against the deployment's PostGIS."""
+    hosts = ssh.read_inventory(inventory_path(spec))
+    manager = next(h for h in hosts if h.group == "manager")
+    return {"PGHOST": manager.address, "PGPORT": str(spec.db_port), "PGUSER": "postgres",
+            "PGDATABASE": "postgres", "CBM_DB_HOST": manager.address, "CBM_DB_PORT": str(spec.db_port),
+            "CBM_DB_USER": "postgres", "CBM_DB_NAME": "postgres",
+            "CBM_DB_PASSWORD_FILE": str(password_file(spec.name))}
+
+
+def extra_vars(spec) -> dict:
+    values = {}
+    path = spec.path.parent / EXTRA_VARS_FILE
+    if path.exists():
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: must be a mapping of role variables (name: value)")
+    password_file(spec.name)
+    values.update(cbm_state_dir=str(state.state_dir(spec.name)),
+                  cbm_extra_authorized_keys=list(spec.extra_authorized_keys))
+    return values
+
+
+def new_run_dir(name: str) -> Path:
+    runs = state.state_dir(name) / "runs"
+    runs.mkdir(mode=0o700, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path, n = runs / stamp, 1
+    while path.exists():
+        n += 1
+        path = runs / f"{stamp}-{n}"
+    path.mkdir(mode=0o700)
+    return path
+
+
+# -- the run ---------------------------------------------------------------------------------
+def configure(spec, check: bool = False, out=None) -> int:
+    """Run playbooks/site.yml on the deployment; returns 0, or raises CbmError (exit code = runner rc)."""
+    import ansible_runner
+
+    out = out or sys.stdout
+    inventory = inventory_path(spec)
+    hosts = ssh.read_inventory(inventory)
+    variables = extra_vars(spec)
+    ssh.wait_for_hosts(hosts, timeout=spec.wait_timeout, report=lambda m: print(m, file=out, flush=True))
+
+    run_dir = new_run_dir(spec.name)
+    use_venv_ansible()
+    printer = Progress(out, check)
+    print(f"configuring {spec.name} ({len(hosts)} hosts){' in check mode' if check else ''}; "
+          f"run folder {run_dir}", file=out, flush=True)
+    started = time.monotonic()
+    runner = ansible_runner.run(
+        private_data_dir=str(run_dir),
+        project_dir=str(PLAYBOOKS),
+        playbook="site.yml",
+        inventory=str(inventory.resolve()),
+        extravars=variables,
+        cmdline="--check" if check else None,
+        envvars={
+            "ANSIBLE_ROLES_PATH": str(ROLES),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_SSH_RETRIES": "3",
+        },
+        quiet=True,
+        event_handler=printer.on_event,
+        rotate_artifacts=0,
+    )
+    printer.summary(time.monotonic() - started)
+    rc = runner.rc if runner.rc is not None else 1
+    if runner.status == "successful" and rc == 0:
+        return 0
+    artifacts = Path(runner.config.artifact_dir)
+    if printer.failure:
+        host, task, msg = printer.failure
+        message = f"configure failed on {host} at '{task}': {msg} (run artifacts: {artifacts})"
+    else:
+        lines = [ln for ln in (artifacts / "stdout").read_text(errors="replace").splitlines() if ln.strip()] \
+            if (artifacts / "stdout").exists() else []
+        last = one_line(lines[-1]) if lines else f"{runner.status}, ansible rc {rc}"
+        message = f"configure failed: {last} (run artifacts: {artifacts})"
+    err = CbmError(message)
+    err.exit_code = rc or 1
+    raise err
+
+
+def use_venv_ansible() -> None:
+    """Put the ansible-playbook next to the Python running cbm (the venv's) first on PATH."""
+    here = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if (Path(here) / "ansible-playbook").exists() and path.split(os.pathsep)[0] != here:
+        os.environ["PATH"] = here + os.pathsep + path
+
+
+def one_line(text, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def failure_message(res: dict) -> str:
+    if not isinstance(res, dict):
+        return one_line(res)
+    if res.get("censored"):
+        return "(details hidden: the task handles a secret)"
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("failed"):
+            return failure_message(item)
+    msg = res.get("msg") or ""
+    stderr = (res.get("stderr") or "").strip()
+    if stderr and (not msg or msg.startswith("non-zero return code")):
+        msg = stderr.splitlines()[-1]
+    return one_line(msg or res.get("reason") or "failed")
+
+
+class Progress:
+    """Turns runner events into a line per task and a per-host summary."""
+
+    def __init__(self, out, check: bool):
+        self.out = out
+        self.check = check
+        self.tasks = 0
+        self.failure: tuple[str, str, str] | None = None
+        self.stats: dict = {}
+        self.task_name = ""
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def on_event(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host", "")
+        if kind == "playbook_on_play_start":
+            self.say(f"PLAY {data.get('play', '')}")
+        elif kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+            if data.get("task", "").startswith("Validating arguments against arg spec"):
+                return True
+            self.tasks += 1
+            role = data.get("role")
+            self.task_name = f"{role} : {data.get('task', '')}" if role else data.get("task", "")
+            prefix = "handler " if kind == "playbook_on_handler_task_start" else ""
+            self.say(f"  [{self.tasks:3d}] {prefix}{self.task_name}")
+        elif kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+            self.say(f"        {'would change' if self.check else 'changed'}: {host}")
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            msg = failure_message(data.get("res") or {})
+            self.say(f"        FAILED: {host}: {msg}")
+            self.failure = self.failure or (host, self.task_label(data), msg)
+        elif kind == "runner_on_unreachable":
+            msg = failure_message(data.get("res") or {})
+            self.say(f"        UNREACHABLE: {host}: {msg}")
+            self.failure = self.failure or (host, self.task_label(data), f"unreachable: {msg}")
+        elif kind == "playbook_on_stats":
+            self.stats = data
+        return True
+
+    def task_label(self, data: dict) -> str:
+        role = data.get("role")
+        task = data.get("task", "")
+        return f"{role} : {task}" if role else task
+
+    def summary(self, seconds: float) -> None:
+        if not self.stats:
+            return
+        hosts = sorted({h for key in ("ok", "changed", "failures", "dark", "skipped") for h in self.stats.get(key) or {}})
+        self.say(f"summary ({seconds:.0f} s){' - check mode, nothing changed' if self.check else ''}:")
+        width = max((len(h) for h in hosts), default=4)
+        for h in hosts:
+            get = lambda key: (self.stats.get(key) or {}).get(h, 0)  # noqa: E731
+            self.say(f"  {h:<{width}}  ok={get('ok')} changed={get('changed')} failed={get('failures')} "
+                     f"unreachable={get('dark')} skipped={get('skipped')}")
