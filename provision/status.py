@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cbm.errors import CbmError, UserError
+from extractor.backup import human_size
 
 RUN_NAMES = {-1: "SCL hist", 10: "10 m", 20: "20 m"}
 # Bar colours of the catalogue statuses in the plot (errors in reds, the rest by meaning).
@@ -250,14 +251,6 @@ def gather(spec_path: str | None, config: str | None, with_timeline: bool = Fals
 
 
 # -- rendering --------------------------------------------------------------------------------
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
