@@ -125,7 +125,8 @@ def copyable(arr):
     if t == pa.null():
         return pa.nulls(len(arr), pa.string())
     if at.is_binary(t) or at.is_large_binary(t) or at.is_fixed_size_binary(t):
-        return pc.binary_join_element_wise("\\x", hex_of(arr), "")
+        return pc.binary_join_element_wise(pa.scalar("\\x", pa.large_string()), hex_of(arr),
+                                           pa.scalar("", pa.large_string()))
     if at.is_float16(t):
         return arr.cast(pa.float32())
     if at.is_decimal(t) or at.is_time(t):

@@ -23,8 +23,21 @@ def files(tmp_path_factory):
         "empty": feature_collection(folder, "empty.geojson", []),
         "points": feature_collection(folder, "points.geojson", [POINT, POINT]),
         "garbage": _write(folder / "garbage.gpkg", b"this is not a geopackage\n" * 20),
+        "mixed": feature_collection(folder, "mixed.geojson", [POINT, EMPTY, None, LINE]),
+        "plain_parquet": _plain_parquet(folder / "plain.parquet"),
         "folder": folder,
     }
+
+
+LINE = {"type": "LineString", "coordinates": [[500000, 6200000], [500100, 6200100]]}
+
+
+def _plain_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2], "wkb": [b"\x01", b"\x02"]}), path)
+    return path
 
 
 def _write(path, data: bytes):
@@ -155,6 +168,8 @@ def test_existing_table_needs_replace(db, files):
     ("points", ["not polygons"]),
     ("noprj", ["no coordinate reference system", "--srid"]),
     ("garbage", ["not a readable vector file"]),
+    ("mixed", ["no polygon features", "not a polygon: POINT", "not a polygon: LINESTRING"]),
+    ("plain_parquet", ["without GeoParquet 'geo' metadata"]),
     ("zero_bytes", ["is empty"]),
 ])
 def test_bad_parcel_files(db, files, case, needles):
@@ -238,3 +253,43 @@ def test_zones_unknown_aoi_and_no_scenes(db):
 
 def test_zones_without_db_init(dbenv):
     assert_one_line_error(run_cbm("parcels", "zones", "--aoi", "dk", env=dbenv), "run cbm db init first", code=2)
+
+
+def test_geoparquet_attribute_types_round_trip(db, tmp_path):
+    """GeoParquet columns of every common Arrow type arrive as the values they hold; no `crs` key means
+    OGC:CRS84 (GeoParquet spec), i.e. EPSG:4326."""
+    import datetime
+    import json
+    import struct
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    square = struct.pack("<BIII", 1, 3, 1, 5) + b"".join(struct.pack("<dd", x, y) for x, y in
+                                                        [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)])
+    table = pa.table({
+        "Crop Name": ["wheat", "", None],
+        "sown": [datetime.date(2024, 3, 1)] * 3,
+        "seen": pa.array([datetime.datetime(2024, 3, 1, 12, 0, 0, 123456)] * 3, pa.timestamp("ns")),
+        "organic": [True, False, None],
+        "kind": pa.array(["x", "y", "x"]).dictionary_encode(),
+        "codes": [[1, 2], [3], None],
+        "note": ['said "hi", ok', "two\nlines", "back\\slash"],
+        "geometry": [square] * 3,
+    })
+    geo = {"version": "1.1.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"]}}}
+    path = tmp_path / "types.parquet"
+    pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), path)
+    proc = load(db, path, "typed")
+    assert proc.returncode == 0, proc.stderr
+    assert "SRID 4326" in proc.stdout
+    rows = db.query("SELECT ogc_fid, crop_name, sown, seen, organic, kind, codes, note FROM typed ORDER BY ogc_fid")
+    assert rows == [
+        (1, "wheat", datetime.date(2024, 3, 1), datetime.datetime(2024, 3, 1, 12, 0, 0, 123456), True, "x", "[1, 2]",
+         'said "hi", ok'),
+        (2, "", datetime.date(2024, 3, 1), datetime.datetime(2024, 3, 1, 12, 0, 0, 123456), False, "y", "[3]",
+         "two\nlines"),
+        (3, None, datetime.date(2024, 3, 1), datetime.datetime(2024, 3, 1, 12, 0, 0, 123456), None, "x", None,
+         "back\\slash"),
+    ]
