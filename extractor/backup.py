@@ -209,7 +209,9 @@ def run_backup(spec: str | None = None, out: str | Path | None = None, config: s
 
 
 def cmd_backup(args) -> int:
-    out, facts = run_backup(args.spec, args.out, getattr(args, "config", None))
+    from provision.deployment import spec_of
+
+    out, facts = run_backup(spec_of(args), args.out, getattr(args, "config", None))
     print(f"backup: {out} ({human_size(facts['size'])}, database {facts['database']} of "
           f"{human_size(facts['db_size'])} at {facts['where']}, {facts['seconds']:.1f} s)")
     return 0
@@ -276,7 +278,9 @@ def cmd_restore(args) -> int:
 
     path = Path(args.file).expanduser()
     toc = check_archive(path)
-    with target(args.spec, getattr(args, "config", None)) as (settings, env, _folder):
+    from provision.deployment import spec_of
+
+    with target(spec_of(args), getattr(args, "config", None)) as (settings, env, _folder):
         name, _size = database_facts(settings)
         where = db.describe(settings)
         if not args.yes and not confirm(
@@ -295,12 +299,12 @@ def register(group) -> None:
 
     p = add_command(group, "backup", cmd_backup, "dump the database to a file on this machine (pg_dump -Fc)")
     p.add_argument("spec", metavar="SPEC", nargs="?",
-                   help="deployment spec (default: the database of the normal settings)")
+                   help="deployment spec (default: --deployment, $CBM_DEPLOYMENT, else the database of the settings)")
     p.add_argument("--out", metavar="FILE",
                    help="the dump file (default: <state folder>/backups/<UTC time>.dump)")
     p = add_command(group, "restore", cmd_restore,
                     "restore a dump of cbm db backup into the database (replaces the objects it contains)")
     p.add_argument("file", metavar="FILE", help="a dump written by cbm db backup")
     p.add_argument("spec", metavar="SPEC", nargs="?",
-                   help="deployment spec (default: the database of the normal settings)")
+                   help="deployment spec (default: --deployment, $CBM_DEPLOYMENT, else the database of the settings)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")

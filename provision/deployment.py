@@ -63,6 +63,13 @@ class Deployment:
         return password_file(self.spec.name)
 
 
+def spec_of(args) -> str | None:
+    """The deployment a command acts on: its SPEC argument, else --deployment SPEC, else $CBM_DEPLOYMENT
+    (the same choice as extractor.cli.load_settings); None = the database of the normal settings."""
+    return getattr(args, "spec", None) or getattr(args, "deployment", None) or os.environ.get("CBM_DEPLOYMENT") \
+        or None
+
+
 def password_file(name: str) -> Path:
     """Where the postgis role keeps the deployment's postgres password (0600)."""
     return state.state_root() / name / PASSWORD_FILE

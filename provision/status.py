@@ -383,7 +383,9 @@ def write_png(report: Report, path) -> None:
 
 
 def cmd_status(args) -> int:
-    report, ok = gather(args.spec, getattr(args, "config", None), with_timeline=bool(args.png))
+    from provision.deployment import spec_of
+
+    report, ok = gather(spec_of(args), getattr(args, "config", None), with_timeline=bool(args.png))
     console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     render(report, console)
     if args.png:
@@ -398,5 +400,5 @@ def register(sub) -> None:
     p = add_command(sub, "status", cmd_status,
                     help="hosts, swarm, PostGIS, catalog and extraction progress of a deployment, as tables")
     p.add_argument("spec", metavar="SPEC", nargs="?",
-                   help="deployment spec (default: only the database of the normal settings)")
+                   help="deployment spec (default: --deployment, $CBM_DEPLOYMENT, else only the database of the settings)")
     p.add_argument("--png", metavar="FILE", help="also write a plot: scenes extracted over time, status counts")

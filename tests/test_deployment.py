@@ -111,4 +111,10 @@ def test_backup_through_a_spec_reaches_the_database_of_its_inventory(postgis, is
     assert stat.S_IMODE(dumps[0].stat().st_mode) == 0o600
     assert f"127.0.0.1:{postgis.port}/postgres" in proc.stdout
     assert postgis.password not in proc.stdout + proc.stderr
+    # the same deployment chosen with --deployment / $CBM_DEPLOYMENT (like every data command)
+    for how in (["--deployment", str(path)], []):
+        extra = {} if how else {"CBM_DEPLOYMENT": str(path)}
+        proc = run_cbm("db", "backup", *how, "--out", str(tmp_path / f"b{len(how)}.dump"), env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        assert f"127.0.0.1:{postgis.port}/postgres" in proc.stdout
     shutil.rmtree(tmp_path / "state" / "cbm" / "dktest" / "backups")
