@@ -108,27 +108,35 @@ def new_run_dir(name: str) -> Path:
 # -- the run ---------------------------------------------------------------------------------
 def configure(spec, check: bool = False, out=None) -> int:
     """Run playbooks/site.yml on the deployment; returns 0, or raises CbmError (exit code = runner rc)."""
+    return run_playbook(spec, "site.yml", check=check, out=out, verb="configuring")
+
+
+def run_playbook(spec, playbook: str, extravars: dict | None = None, check: bool = False, out=None,
+                 verb: str = "running", limit: str | None = None) -> int:
+    """Run one of playbooks/ on the deployment through ansible-runner (the only runner of the project):
+    returns 0, or raises CbmError naming the host, task and artifacts (exit code = runner rc)."""
     import ansible_runner
 
     out = out or sys.stdout
     inventory = inventory_path(spec)
     hosts = ssh.read_inventory(inventory)
-    variables = extra_vars(spec)
+    variables = {**extra_vars(spec), **(extravars or {})}
     ssh.wait_for_hosts(hosts, timeout=spec.wait_timeout, report=lambda m: print(m, file=out, flush=True))
 
     run_dir = new_run_dir(spec.name)
     use_venv_ansible()
     printer = Progress(out, check)
-    print(f"configuring {spec.name} ({len(hosts)} hosts){' in check mode' if check else ''}; "
+    print(f"{verb} {playbook} on {spec.name} ({len(hosts)} hosts){' in check mode' if check else ''}; "
           f"run folder {run_dir}", file=out, flush=True)
+    cmdline = " ".join(x for x in ("--check" if check else "", f"--limit {limit}" if limit else "") if x)
     started = time.monotonic()
     runner = ansible_runner.run(
         private_data_dir=str(run_dir),
         project_dir=str(PLAYBOOKS),
-        playbook="site.yml",
+        playbook=playbook,
         inventory=str(inventory.resolve()),
         extravars=variables,
-        cmdline="--check" if check else None,
+        cmdline=cmdline or None,
         envvars={
             "ANSIBLE_ROLES_PATH": str(ROLES),
             "ANSIBLE_PIPELINING": "True",
@@ -147,12 +155,12 @@ def configure(spec, check: bool = False, out=None) -> int:
     artifacts = Path(runner.config.artifact_dir)
     if printer.failure:
         host, task, msg = printer.failure
-        message = f"configure failed on {host} at '{task}': {msg} (run artifacts: {artifacts})"
+        message = f"{playbook} failed on {host} at '{task}': {msg} (run artifacts: {artifacts})"
     else:
         lines = [ln for ln in (artifacts / "stdout").read_text(errors="replace").splitlines() if ln.strip()] \
             if (artifacts / "stdout").exists() else []
         last = one_line(lines[-1]) if lines else f"{runner.status}, ansible rc {rc}"
-        message = f"configure failed: {last} (run artifacts: {artifacts})"
+        message = f"{playbook} failed: {last} (run artifacts: {artifacts})"
     err = CbmError(message)
     err.exit_code = rc or 1
     raise err

@@ -66,12 +66,17 @@ def service_tasks(dep, name: str) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip().startswith("{")]
 
 
-def _playbook(spec_path: str, extravars: dict) -> None:
+def _playbook(spec, extravars: dict, out) -> None:
+    import io
+
     from provision import configure
 
-    rc = configure.run_playbook(spec_path, "extract.yml", extravars=extravars)
-    if rc != 0:
-        raise CbmError(f"playbooks/extract.yml failed (exit {rc}); see the run's artifacts above")
+    log = io.StringIO()  # the per-task lines only matter when it fails (the error names host and task)
+    try:
+        configure.run_playbook(spec, "extract.yml", extravars=extravars, out=log)
+    except CbmError:
+        out(log.getvalue().rstrip())
+        raise
 
 
 def follow(settings, dep, card: str, res: int, name: str, poll: float, out) -> dict:
@@ -140,17 +145,17 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
         out(f"== {name}: {replicas} worker(s) on the swarm")
         common = {"extractor_service_name": name, "extractor_service_image": image,
                   "extractor_service_password_file": str(deployment.password_file(dep.name))}
-        _playbook(spec_path, {**common, "extractor_service_state": "present",
+        _playbook(dep.spec, {**common, "extractor_service_state": "present",
                               "extractor_service_image_archive": str(archive),
                               "extractor_service_replicas": replicas,
                               "extractor_service_db_port": dep.db_port,
                               "extractor_service_args": ["extract", "run", "--card", card, "--res", str(r)],
-                              "extractor_service_env": env})
+                              "extractor_service_env": env}, out)
         t0 = time.monotonic()
         try:
             row = follow(settings, dep, card, r, name, poll, out)
         finally:
-            _playbook(spec_path, {**common, "extractor_service_state": "absent"})
+            _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out)
         out(f"   {name}: {row['done']} scene(s) done, {row['failed']} failed, {row['rows']:,} rows "
             f"in {time.monotonic() - t0:.0f} s; service removed")
         results.append(row)
