@@ -128,7 +128,10 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
         raise UserError(f"no AOI/parcel table known for deployment {dep.name}; run cbm onboard {spec_path} first "
                         "or pass --aoi and --parcels")
     replicas = replicas or max(1, dep.spec.workers)
-    base = base_image or getattr(dep.spec, "base_image", None) or extractor_image.PRODUCTION_BASE
+    from provision import configure
+
+    # configure.yml next to the spec may name a local base image (the sandbox: nothing can be pulled).
+    base = base_image or configure.extra_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
     out(f"== extractor image (base {base})")
     image = extractor_image.build(base=base)
     archive = extractor_image.save(image, dep.state_dir / "images" / f"{image.replace('/', '_').replace(':', '-')}.tar")
