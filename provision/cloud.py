@@ -196,3 +196,19 @@ def wait_for(what: str, fetch, done, failed=None, timeout: float = 900, gone_ok:
                                "to resume, or raise timeouts.wait in the spec")
             time.sleep(interval)
             interval = min(interval * 1.5, 5.0)
+
+
+def read(what: str, fetch, timeout: float = 60):
+    """One read (GET) that rides out transient errors (5xx, timeouts) for up to `timeout` seconds.
+    Reads are safe to repeat; creations are not, so they go through `api` and fail at once."""
+    deadline = time.monotonic() + timeout
+    delay = 0.3
+    while True:
+        try:
+            return fetch()
+        except (os_exc.SDKException, ka_exc.ClientException) as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                with api(what):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -24,7 +24,7 @@ from openstack import exceptions as os_exc
 
 from cbm.errors import CbmError, UserError
 from provision import inventory, owner, state
-from provision.cloud import api, connect, describe, resolve, wait_for
+from provision.cloud import api, connect, describe, read, resolve, wait_for
 from provision.progress import console, step
 
 SWARM_PORTS = (("tcp", 2377), ("tcp", 7946), ("udp", 7946), ("udp", 4789))
@@ -192,8 +192,7 @@ class _Up:
         return group
 
     def _refetch_group(self, group):
-        with api(f"reading security group {group.name}"):
-            return self.conn.network.get_security_group(group.id)
+        return read(f"reading security group {group.name}", lambda: self.conn.network.get_security_group(group.id))
 
     # -- volume
     def volume(self, found):
@@ -337,8 +336,8 @@ class _Up:
     def port(self, server, network_id):
         if server is None:
             return None
-        with api(f"listing the ports of server {server.name}"):
-            ports = list(self.conn.network.ports(device_id=server.id, network_id=network_id))
+        ports = read(f"listing the ports of server {server.name}",
+                     lambda: list(self.conn.network.ports(device_id=server.id, network_id=network_id)))
         return ports[0] if ports else None
 
     # -- attachment
@@ -423,8 +422,7 @@ class _Up:
         servers = self.servers(found, refs, group)
         manager = servers.get(("manager", 0))
         if vol is not None and manager is not None and not self.dry_run:
-            with api(f"reading volume {vol.name}"):
-                vol = conn.block_storage.get_volume(vol.id)
+            vol = read(f"reading volume {vol.name}", lambda: conn.block_storage.get_volume(vol.id))
         device = self.attachment(vol, manager)
         fip = self.floating_ip(found, manager, refs)
         if self.dry_run:
