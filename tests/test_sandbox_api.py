@@ -187,3 +187,24 @@ def test_cli_status_and_bad_input(sandbox):
     assert_one_line_error(proc, "--eodata", "/does/not/exist", code=2)
     proc = run_cbm("sandbox", "status", "--state-dir", str(sandbox.state_dir.parent / "never"))
     assert proc.returncode == 3 and "not running" in proc.stdout
+
+
+def test_injected_build_failures_leave_error_states_with_a_fault(sandbox, conn):
+    sandbox.inject("server.boot", mode="error")
+    net = conn.network.find_network("cbm-private")
+    server = conn.compute.create_server(name=unique("err"), flavorRef=conn.compute.find_flavor("eo1.xsmall").id,
+                                        imageRef=conn.image.find_image("Debian 12").id, networks=[{"uuid": net.id}])
+    with pytest.raises(osx.ResourceFailure):
+        conn.compute.wait_for_server(server, interval=0.2, wait=60)
+    server = conn.compute.get_server(server.id)
+    assert server.status == "ERROR" and "No valid host" in server.fault["message"]
+    conn.compute.delete_server(server)
+    conn.compute.wait_for_delete(server, interval=0.2, wait=60)
+    assert not list(conn.network.ports(device_id=server.id))
+
+    sandbox.inject("volume.build", mode="error")
+    vol = conn.block_storage.create_volume(size=1, name=unique("err"))
+    with pytest.raises(osx.ResourceFailure):
+        conn.block_storage.wait_for_status(vol, "available", failures=["error"], interval=0.2, wait=60)
+    conn.block_storage.delete_volume(vol)
+    conn.block_storage.wait_for_delete(vol, interval=0.2, wait=60)

@@ -153,6 +153,8 @@ def create_volume(cloud: Cloud, req: Request):
 
 def _make(cloud: Cloud, volume_id: str, size: int) -> None:
     try:
+        if cloud.faults.take_event("volume.build"):
+            raise RuntimeError("injected")
         dev, major, minor = cloud.backend.create_volume(volume_id, size)
         status = "available"
     except Exception:

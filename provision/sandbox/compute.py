@@ -469,15 +469,23 @@ def boot_server(cloud: Cloud, server_id: str) -> None:
             cloud.save()
             return
         container, hostname = srv["container"], srv["hostname"]
+    problem = None
     if not nics:
+        problem = "The sandbox cannot boot a server without a network."
+    elif cloud.faults.take_event("server.boot"):
+        problem = f"No valid host was found. There are not enough hosts available. (injected for {server_id})"
+    if problem:
         with cloud.lock:
-            _set_error(cloud, srv, "The sandbox cannot boot a server without a network.")
+            _set_error(cloud, srv, problem)
             cloud.save()
         return
     try:
         cloud.backend.boot(server_id, container, hostname, key["public_key"] if key else "", nics, mounts)
     except Exception as exc:
         with cloud.lock:
+            if server_id not in cloud.data["servers"]:
+                cloud.backend.remove_container(container)
+                return
             _set_error(cloud, srv, f"Build of instance {server_id} aborted: {exc}")
             cloud.save()
         return
@@ -552,7 +560,7 @@ def server_action(cloud: Cloud, req: Request):
     action = next(iter(body), None)
     with cloud.lock:
         srv = _server(cloud, req.params["server_id"])
-        if srv["task_state"] is not None:
+        if srv["task_state"] is not None and action != "os-getConsoleOutput":
             raise nova_error(409, f"Cannot '{action}' instance {srv['id']} while it is in task_state "
                                   f"{srv['task_state']}")
         if action == "reboot":
@@ -574,6 +582,21 @@ def server_action(cloud: Cloud, req: Request):
                                       f"{srv['vm_state']}")
             srv.update(task_state="powering-on", updated=now())
             cloud.background(f"start {srv['id']}", _power, cloud, srv["id"], "start")
+        elif action in ("addSecurityGroup", "removeSecurityGroup"):
+            group = _resolve_groups(cloud, [body[action] or {}])[0]
+            ports = [cloud.data["ports"][p] for p in srv["port_ids"] if p in cloud.data["ports"]]
+            if action == "removeSecurityGroup" and not any(group in p["security_groups"] for p in ports):
+                raise nova_error(404, f"Security group {body[action].get('name')} not associated with the "
+                                      "instance")
+            for port in ports:
+                groups = [g for g in port["security_groups"] if g != group]
+                port["security_groups"] = groups + [group] if action == "addSecurityGroup" else groups
+        elif action == "os-getConsoleOutput":
+            import subprocess as sp
+            lines = (body[action] or {}).get("length")
+            logs = sp.run(["docker", "logs", "--tail", str(lines or "all"), srv["container"] or "-"],
+                          capture_output=True, text=True) if srv.get("container") else None
+            return 200, {"output": (logs.stdout + logs.stderr) if logs else ""}
         else:
             raise nova_error(400, f"The sandbox does not support the server action {action!r}.")
         cloud.save()

@@ -242,6 +242,18 @@ class Faults:
                     return rule
         return None
 
+    def take_event(self, kind: str) -> Fault | None:
+        """For work that is not an HTTP call (a server's boot, a volume's creation): match on kind."""
+        with self.lock:
+            for rule in self.rules:
+                if rule.count > 0 and rule.kind and fnmatch.fnmatchcase(kind, rule.kind) and not rule.path \
+                        and not rule.method:
+                    rule.count -= 1
+                    if rule.count == 0:
+                        self.rules.remove(rule)
+                    return rule
+        return None
+
     def listing(self) -> list[dict]:
         with self.lock:
             return [dict(vars(r)) for r in self.rules]
