@@ -87,7 +87,11 @@ def connect(host: SshHost, timeout: float = 10) -> Connection:
               "allow_agent": False, "look_for_keys": False}
     if host.key_file:
         kwargs["key_filename"] = [str(Path(host.key_file).expanduser())]
-    return Connection(host.address, user=host.user, port=host.port, gateway=host.proxy_command,
+    gateway = None
+    if host.proxy_command:
+        gateway = (host.proxy_command.replace("%h", host.address).replace("%p", str(host.port))
+                   .replace("%r", host.user))
+    return Connection(host.address, user=host.user, port=host.port, gateway=gateway,
                       connect_timeout=timeout, connect_kwargs=kwargs)
 
 
