@@ -215,25 +215,28 @@ class Cloud:
 
     # -- restart: bring Docker in line with the state -------------------------------------
     def reconcile(self) -> None:
-        from provision.sandbox import compute
+        from provision.sandbox import blockstorage, compute
         with self.lock:
             for net in self.data["subnets"].values():
                 self.backend.ensure_network(net["network_id"], net["cidr"], net["cbm:docker_gateway"])
+            moved = set()  # servers whose volumes came back on other loop devices (after a machine reboot)
             for vol in list(self.data["volumes"].values()):
-                if vol["status"] in ("creating", "deleting"):
+                if vol["status"] == "creating":
                     vol["status"] = "error"
+                    continue
+                if vol["status"] == "deleting":
+                    self.background(f"delete volume {vol['id']}", blockstorage._remove, self, vol["id"])
                     continue
                 if self.backend.volume_path(vol["id"]).exists():
                     dev, major, minor = self.backend.ensure_loop(vol["id"])
                     if (vol.get("major"), vol.get("minor")) != (major, minor):
                         vol.update(loop=dev, major=major, minor=minor)
-                        for att in vol.get("attachments", []):
-                            srv = self.data["servers"].get(att["server_id"])
-                            if srv and self.backend.container_state(srv["container"]) == "running":
-                                self.backend.attach(srv["container"], att["device"], major, minor)
+                        moved |= {a["server_id"] for a in vol.get("attachments", [])}
                 elif vol["status"] != "error":
                     vol["status"] = "error"
             for srv in list(self.data["servers"].values()):
+                if srv["id"] in moved:
+                    compute.sync_devices(self, srv)
                 compute.reconcile_server(self, srv)
             self.save()
 

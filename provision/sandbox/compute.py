@@ -916,6 +916,24 @@ def zones(cloud: Cloud, req: Request):
 
 
 # -- restart -----------------------------------------------------------------------------------
+def sync_devices(cloud: Cloud, srv: dict) -> None:
+    """Rewrite a host's block-device list (used by its init at boot) and fix the nodes if it runs."""
+    from provision.sandbox import hostimage
+    if not srv.get("container") or cloud.backend.container_state(srv["container"]) is None:
+        return
+    lines = []
+    for att in srv["attachments"]:
+        vol = cloud.data["volumes"].get(att["volume_id"])
+        if vol and vol.get("major") is not None:
+            lines.append(f"{att['device']} {vol['major']} {vol['minor']}\n")
+    hostimage.write_guest_file(srv["container"], "devices", "".join(lines))
+    if cloud.backend.container_state(srv["container"]) == "running":
+        for att in srv["attachments"]:
+            vol = cloud.data["volumes"].get(att["volume_id"])
+            if vol and vol.get("major") is not None:
+                cloud.backend.attach(srv["container"], att["device"], vol["major"], vol["minor"])
+
+
 def reconcile_server(cloud: Cloud, srv: dict) -> None:
     """After a restart of the service: finish interrupted work, restart hosts that should run."""
     if srv["task_state"] == "deleting":
