@@ -80,6 +80,15 @@ def feature_collection(folder: Path, name: str, geometries: list[dict]) -> Path:
     return path
 
 
+def init_schema() -> None:
+    """`cbm db init` in-process, on the database the PG* variables point at."""
+    from extractor import db, schema, settings
+
+    s = settings.load()
+    with db.session(s) as conn:
+        schema.init_schema(conn, s)
+
+
 def snapshot(dbenv) -> list:
     """What a user could see in the database: every table with its row count, and the AOIs."""
     tables = [r[0] for r in dbenv.query(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import assert_one_line_error, run_cbm
-from parcel_samples import DK_SHP, NL_GPKG, POINT, snapshot
+from parcel_samples import DK_SHP, NL_GPKG, POINT, init_schema, snapshot
 
 # The seed's Denmark AOI (a GeoJSON polygon in EPSG:4326).
 DK_POLYGON = {"type": "Polygon", "coordinates": [[
@@ -21,7 +21,8 @@ SQUARE_B = {"type": "Polygon", "coordinates": [[[6, 50], [7, 50], [7, 51], [6, 5
 
 @pytest.fixture
 def db(dbenv):
-    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    """A database after `cbm db init` (run in-process: the command itself is tested in test_db.py)."""
+    init_schema()
     return dbenv
 
 

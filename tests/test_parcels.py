@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_cbm
 from parcel_samples import (BOWTIE, DK_SHP, EMPTY, NL_GPKG, POINT, dk_geojson, dk_geopackage, dk_without_prj,
-                            feature_collection, nl_geoparquet, snapshot)
+                            feature_collection, init_schema, nl_geoparquet, snapshot)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def _write(path, data: bytes):
 
 @pytest.fixture
 def db(dbenv):
-    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    """A database after `cbm db init` (run in-process: the command itself is tested in test_db.py)."""
+    init_schema()
     return dbenv
 
 
@@ -176,7 +177,7 @@ def test_bad_parcel_files(db, files, case, needles):
     path = {"missing": files["folder"] / "nope.shp",
             "zero_bytes": _write(files["folder"] / "zero.geojson", b"")}.get(case) or files[case]
     # An existing table of that name must survive a failed --replace untouched.
-    assert load(db, DK_SHP, "target").returncode == 0
+    db.query("CREATE TABLE target AS SELECT generate_series(1, 3) AS ogc_fid")
     before = snapshot(db)
     proc = load(db, path, "target", "--replace")
     err = assert_one_line_error(proc, *needles, code=2)
