@@ -7,7 +7,7 @@ from cbm.cli import add_command
 
 def register(sub) -> None:
     """Add the cloud lifecycle commands to `cbm`."""
-    from provision import configure, onboard, status
+    from provision import configure, onboard, status, upgrade
     from provision.sandbox import cli as sandbox_cli
 
     p = add_command(sub, "up", cmd_up, help="create or repair a deployment's cloud resources (idempotent)")
@@ -25,6 +25,7 @@ def register(sub) -> None:
     configure.register(sub)
     status.register(sub)
     onboard.register(sub)
+    upgrade.register(sub)
 
 
 def print_up(result) -> None:
