@@ -193,7 +193,8 @@ class Cloud:
                     raise service_error(route.service, 500,
                                         "Unexpected API Error. Please report this at http://bugs.launchpad.net/"
                                         " (injected by the cbm sandbox)")
-            result = route.handler(self, req)
+            with self.lock:  # handlers are quick; slow work runs in background threads
+                result = route.handler(self, req)
         except ApiError as err:
             return err.status, err.body, err.content_type, headers
         except Exception as exc:  # a bug in the sandbox: answer like a broken service would

@@ -13,7 +13,6 @@ import logging
 import re
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -194,13 +193,6 @@ class Fault:
         return True
 
 
-QUOTA_MESSAGES = {
-    "compute": (403, "Quota exceeded for instances: Requested 1, but already used {used} of {limit} instances"),
-    "block-storage": (413, "VolumeLimitExceeded: Maximum number of volumes allowed ({limit}) exceeded for quota 'volumes'."),
-    "network": (409, "Quota exceeded for resources: ['{resource}']."),
-}
-
-
 def quota_error(service: str, resource: str = "instances", used: int = 0, limit: int = 0) -> ApiError:
     if service == "network":
         return neutron_error(409, f"Quota exceeded for resources: ['{resource}'].", "OverQuota")
@@ -288,7 +280,6 @@ class Handler(BaseHTTPRequestHandler):
                       query=parse_qs(parts.query, keep_blank_values=True),
                       headers={k.lower(): v for k, v in self.headers.items()}, body=body,
                       base_url=f"http://{host}")
-        req.raw_path_slash = parts.path.endswith("/")
         status, payload, ctype, headers = self.app.handle(req)
         if status is None:  # injected timeout: drop the connection without an answer
             self.close_connection = True
@@ -323,6 +314,3 @@ def make_server(app, host: str, port: int) -> ThreadingHTTPServer:
     server.daemon_threads = True
     return server
 
-
-def sleep_then_drop(seconds: float, stop: threading.Event) -> None:
-    stop.wait(seconds) if stop is not None else time.sleep(seconds)
