@@ -114,6 +114,8 @@ class Sandbox:
             raise UserError("the sandbox needs root (loop devices, host containers); run it as root")
         if self.eodata is not None and not self.eodata.is_dir():
             raise UserError(f"--eodata {self.eodata}: not a directory; create it or pass another folder")
+        from provision.sandbox import hostimage
+        hostimage.ensure_host_image()  # here, not in the service: a failure is a one-line error
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         port = self.port or (self.state() or {}).get("port") or _free_port()

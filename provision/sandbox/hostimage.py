@@ -282,7 +282,7 @@ def ensure_base_image(rebuild: bool = False) -> str:
         return BASE_IMAGE
     if shutil.which("debootstrap") is None:
         raise CbmError("debootstrap: command not found; run scripts/bootstrap.sh (installs debootstrap)")
-    log.warning("building %s with debootstrap (about half a minute)", BASE_IMAGE)
+    log.warning("building %s with debootstrap (once; about half a minute)", BASE_IMAGE)
     with tempfile.TemporaryDirectory(prefix="cbm-sandbox-base-") as tmp:
         root = Path(tmp) / "root"
         proc = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR],
@@ -309,7 +309,7 @@ def ensure_host_image(rebuild: bool = False) -> str:
     if not rebuild and labels is not None and labels.get(f"{LABEL}.recipe") == recipe:
         return HOST_IMAGE
     ensure_base_image()
-    log.warning("building %s (apt-get install in the base image, about a minute)", HOST_IMAGE)
+    log.warning("building %s (apt-get install in the base image; about half a minute)", HOST_IMAGE)
     with tempfile.TemporaryDirectory(prefix="cbm-sandbox-host-") as tmp:
         ctx = Path(tmp)
         (ctx / "Dockerfile").write_text(DOCKERFILE.format(
