@@ -356,8 +356,22 @@ class _Up:
                            f"{manager.name}: detach it (openstack server remove volume) and run again")
         if not self.change("attach", "volume", vol.name, f"to {manager.name}"):
             return None
-        with api(f"attaching volume {vol.name} to {manager.name}"):
-            att = self.conn.compute.create_volume_attachment(manager, vol.id)
+        for attempt in (1, 2):   # an attachment that fails in the cloud's background is retried once
+            with api(f"attaching volume {vol.name} to {manager.name}"):
+                att = self.conn.compute.create_volume_attachment(manager, vol.id)
+            try:
+                vol = self._wait_attached(vol, manager)
+                break
+            except _AttachFailed as exc:
+                if attempt == 2:
+                    raise CbmError(str(exc)) from None
+                step(f"{exc}; attaching again")
+        for a in vol.attachments or []:
+            if a.get("server_id") == manager.id and a.get("device"):
+                return a["device"]
+        return att.device
+
+    def _wait_attached(self, vol, manager):
         seen = []
 
         def failed(v):
@@ -365,16 +379,12 @@ class _Up:
             if v.status.startswith("error"):
                 return f"went to state {v.status}"
             if v.status == "available" and "attaching" in seen:
-                return (f"attaching it to {manager.name} failed: it went back to available "
-                        "(run `cbm up` again to retry)")
+                raise _AttachFailed(f"volume {vol.name}: attaching it to {manager.name} failed in the cloud "
+                                    "(it went back to available); run `cbm up` again to retry")
             return None
         bs = self.conn.block_storage
-        vol = wait_for(f"volume {vol.name} attaching", lambda: bs.get_volume(vol.id),
-                       done=lambda v: v.status == "in-use", failed=failed, timeout=self.timeout)
-        for a in vol.attachments or []:
-            if a.get("server_id") == manager.id and a.get("device"):
-                return a["device"]
-        return att.device
+        return wait_for(f"volume {vol.name} attaching", lambda: bs.get_volume(vol.id),
+                        done=lambda v: v.status == "in-use", failed=failed, timeout=self.timeout)
 
     # -- floating IP
     def floating_ip(self, found, manager, refs):
@@ -444,6 +454,10 @@ class _Up:
         self.result.inventory = inventory.write(spec, hosts, manager_ip=fip.floating_ip_address,
                                                 data_device=device, volume_id=vol.id)
         return self.result
+
+
+class _AttachFailed(Exception):
+    pass
 
 
 def _fault(server) -> str:

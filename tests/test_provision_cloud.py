@@ -258,6 +258,21 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     small.cbm("down", "--yes")
     assert not any(small.owned().values()), small.owned()
 
+    # a volume or a server that fails to build is reported, and replaced by the next up
+    sandbox.inject(kind="volume.build", mode="error")
+    assert_failed_clearly(small.cbm("up", check=False), "volume cbm-tpf-data", "state error")
+    sandbox.inject(kind="server.boot", mode="error")
+    proc = small.cbm("up", check=False)
+    last = assert_failed_clearly(proc, "ERROR", "No valid host was found")
+    assert "run `cbm up` again" in last and "replace volume" in proc.stderr
+    plan = small.cbm("plan").stdout
+    assert "replace" in plan and "in state ERROR" in plan, plan
+    proc = small.cbm("up")
+    assert "replace server" in proc.stderr
+    assert all(s.status == "ACTIVE" for s in small.owned()["servers"])
+    small.cbm("down", "--yes")
+    assert not any(small.owned().values()), small.owned()
+
     # transient errors and hung calls while waiting are polled through: up from nothing converges
     sandbox.inject(kind="server.get", mode="timeout", count=2, seconds=6)
     sandbox.inject(kind="volume.get", mode="error", count=2)
