@@ -13,8 +13,8 @@ cloud-init), and starts the sysvinit services linked in /etc/rc2.d (ssh, and doc
 restart policy `on-failure` brings the container back with the same networks, IPs and volumes.
 
 The container gets every capability except SYS_RESOURCE, no seccomp/apparmor confinement, all devices
-allowed and the host's cgroup tree, so that it can run its own dockerd (on an anonymous volume at
-/var/lib/docker, not overlay-on-overlay).
+allowed and the machine's cgroup hierarchies (bound one by one, see cgroup_mounts), so that it can run
+its own dockerd (on an anonymous volume at /var/lib/docker, not overlay-on-overlay).
 """
 
 from __future__ import annotations
@@ -82,10 +82,11 @@ def make_devices():
                 st = os.stat(dev)
                 if os.major(st.st_rdev) == major and os.minor(st.st_rdev) == minor:
                     continue
-                os.unlink(dev)
-            os.mknod(dev, 0o660 | 0o060000, os.makedev(major, minor))
-            os.chmod(dev, 0o660)
-            os.chown(dev, 0, 6)  # group disk
+            tmp = "%s.init%d" % (dev, os.getpid())
+            os.mknod(tmp, 0o660 | 0o060000, os.makedev(major, minor))
+            os.chmod(tmp, 0o660)
+            os.chown(tmp, 0, 6)  # group disk
+            os.replace(tmp, dev)
             log("block device %s (%d:%d)" % (dev, major, minor))
         except OSError as exc:
             log("cannot create %s: %s" % (dev, exc))
@@ -141,7 +142,8 @@ def boot():
 
 def shutdown(started):
     for name in reversed(started):
-        run("/etc/init.d/" + name, "stop")
+        if name != "cgroupfs-mount":  # the cgroup hierarchies belong to the machine
+            run("/etc/init.d/" + name, "stop")
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 2)):
         try:
             os.kill(-1, sig)
@@ -208,6 +210,10 @@ done
 exit 0
 '''
 
+# docker.io recommends cgroupfs-mount, whose stop unmounts and removes /sys/fs/cgroup/*: those are the
+# machine's hierarchies (bound into the host), so the host's copy of cgroupfs-umount does nothing.
+GUEST_NO_UMOUNT = "#!/bin/sh\n# cbm-sandbox: the cgroup hierarchies belong to the machine; never unmount them\nexit 0\n"
+
 # invoke-rc.d asks policy-rc.d before starting a service from a package's maintainer script.
 GUEST_POLICY = "#!/bin/sh\n/usr/local/sbin/cbm-sandbox-fixups\nexit 0\n"
 
@@ -221,9 +227,10 @@ RUN printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/s
  && useradd -m -s /bin/bash -G sudo {user} \\
  && echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user} && chmod 440 /etc/sudoers.d/90-{user} \\
  && mkdir -p {guest_state} /eodata && touch {guest_state}/devices
-# systemd-sysv (pulled in by docker.io's recommends) must not replace these: divert its copies
-RUN for f in shutdown reboot halt poweroff runlevel; do \
-      dpkg-divert --local --rename --divert /sbin/$f.distrib --add /sbin/$f; done
+# systemd-sysv (pulled in by docker.io's recommends) must not replace these, nor cgroupfs-mount's
+# cgroupfs-umount run: divert the packages' copies
+RUN for f in /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel /usr/bin/cgroupfs-umount; do \\
+      dpkg-divert --local --rename --divert $f.distrib --add $f; done
 COPY cbm-init /sbin/cbm-init
 COPY cbm-shutdown /sbin/shutdown
 COPY cbm-shutdown /sbin/reboot
@@ -232,8 +239,9 @@ COPY cbm-shutdown /sbin/poweroff
 COPY runlevel /sbin/runlevel
 COPY cbm-sandbox-fixups /usr/local/sbin/cbm-sandbox-fixups
 COPY policy-rc.d /usr/sbin/policy-rc.d
-RUN chmod 755 /sbin/cbm-init /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel \
-      /usr/local/sbin/cbm-sandbox-fixups /usr/sbin/policy-rc.d
+COPY cgroupfs-umount /usr/bin/cgroupfs-umount
+RUN chmod 755 /sbin/cbm-init /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel \\
+      /usr/local/sbin/cbm-sandbox-fixups /usr/sbin/policy-rc.d /usr/bin/cgroupfs-umount
 LABEL {label}=1 {label}.recipe={recipe}
 STOPSIGNAL SIGTERM
 CMD ["/sbin/cbm-init"]
@@ -264,7 +272,7 @@ def image_labels(image: str) -> dict | None:
 def _host_files() -> dict[str, str]:
     init = GUEST_INIT.replace("@USER@", DEFAULT_USER).replace("@REBOOT@", str(REBOOT_EXIT_CODE))
     return {"cbm-init": init, "cbm-shutdown": GUEST_SHUTDOWN, "runlevel": GUEST_RUNLEVEL,
-            "cbm-sandbox-fixups": GUEST_FIXUPS, "policy-rc.d": GUEST_POLICY}
+            "cbm-sandbox-fixups": GUEST_FIXUPS, "policy-rc.d": GUEST_POLICY, "cgroupfs-umount": GUEST_NO_UMOUNT}
 
 
 def _recipe() -> str:
@@ -326,12 +334,33 @@ def ensure_host_image(rebuild: bool = False) -> str:
     return HOST_IMAGE
 
 
+def cgroup_mounts() -> list[str]:
+    """The cgroup hierarchies a nested dockerd needs, as bind-mount options.
+
+    On a cgroup v1 host, /sys/fs/cgroup is a tmpfs holding one mount per hierarchy. Binding that tmpfs
+    itself into a host is dangerous: a `rmdir /sys/fs/cgroup/cpu` inside (cgroupfs-umount does it when
+    a host with docker.io shuts down) detaches the hierarchy from this machine's namespace too, and the
+    Docker Engine here stops working. So each hierarchy is bound on its own, over the container's own
+    tmpfs. On a pure cgroup v2 host, /sys/fs/cgroup is the cgroup2 fs itself and is bound whole."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point, fstype = fields[4], fields[sep + 1]
+            if point == "/sys/fs/cgroup" and fstype == "cgroup2":
+                return ["-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+            if point.startswith("/sys/fs/cgroup/") and fstype in ("cgroup", "cgroup2") and point.count("/") == 4:
+                mounts += ["-v", f"{point}:{point}:rw"]
+    return mounts
+
+
 def host_run_options() -> list[str]:
     """The `docker create/run` options that let a host run sshd, sysvinit services and its own dockerd."""
     opts = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
             "--device-cgroup-rule", "a *:* rwm",
-            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+            *cgroup_mounts(),
             "-v", "/var/lib/docker",              # anonymous volume: nested dockerd not on overlay
             "--tmpfs", "/run:exec,mode=755",
             "--restart", "on-failure",            # `reboot` inside = exit REBOOT_EXIT_CODE = restart
@@ -381,9 +410,10 @@ def write_guest_file(container: str, name: str, text: str) -> None:
 def add_block_device(container: str, device: str, major: int, minor: int) -> None:
     """Make `device` (e.g. /dev/vdb) a block device node major:minor inside a running host, and
     record it in /etc/cbm-sandbox/devices so that it comes back after a reboot."""
+    # node first under a temporary name, then renamed: the host's init may be creating it at boot too
     script = (f"set -e; f={GUEST_STATE}/devices; touch $f; grep -v '^{device} ' $f > $f.new || true; "
-              f"echo '{device} {major} {minor}' >> $f.new; mv $f.new $f; rm -f {device}; "
-              f"mknod -m 660 {device} b {major} {minor}; chgrp disk {device}")
+              f"echo '{device} {major} {minor}' >> $f.new; mv $f.new $f; t={device}.cbm$$; "
+              f"mknod -m 660 $t b {major} {minor}; chgrp disk $t; mv -f $t {device}")
     _docker("exec", container, "sh", "-c", script)
 
 
