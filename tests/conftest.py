@@ -106,3 +106,24 @@ def sandbox(tmp_path_factory):
     sb.eodata = eodata
     yield sb
     sb.stop(purge=True)
+
+
+@pytest.fixture(scope="session")
+def live_deployment(sandbox, tmp_path_factory):
+    """ONE deployment of inventories/sandbox/deployment.yml (1 manager + 2 workers), provisioned AND
+    configured (`cbm up`, site.yml) once per session and shared by every test that needs configured
+    hosts (configure re-runs, upgrade, end to end): a cold site.yml costs minutes.
+
+    Tests may change data on it but must leave it configured and up (a test that tears it down must
+    bring it back). `cbm down` at the end of the session; nothing of it may be left in the cloud.
+    Attributes: .spec (its deployment.yml in a temp folder), .env (sandbox cloud + XDG_STATE_HOME),
+    .state (its state folder), .cbm(*args) (runs the real cbm, asserts exit 0), .hosts (inventory)."""
+    from live import LiveDeployment
+
+    dep = LiveDeployment(sandbox, tmp_path_factory.mktemp("live"))
+    dep.cbm("up", str(dep.spec), timeout=2400)
+    yield dep
+    proc = run_cbm("down", str(dep.spec), "--yes", env=dep.env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    left = dep.cloud_leftovers()
+    assert not left, f"cbm down left resources of the deployment in the cloud: {left}"

@@ -10,20 +10,16 @@ The undisturbed reference is computed on this machine with the same products, pa
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import FIXTURES, REPO, run_cbm
+from conftest import FIXTURES, run_cbm
 
 pytestmark = pytest.mark.docker
 
-SPEC = REPO / "inventories" / "sandbox" / "deployment.yml"
 PARCELS = FIXTURES / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
 START, END = "2026-04-01", "2026-04-30"
 RUNS = [("s2", "-1"), ("s2", "10"), ("s2", "20"), ("bs", "10"), ("c6", "20")]
@@ -38,65 +34,14 @@ CHECKSUM = ("SELECT (SELECT count(*) FROM sigs), (SELECT count(*) FROM hists),"
             "  FROM hists) h)")
 
 
-class E2E:
-    def __init__(self, sandbox, folder: Path):
-        from provision.rehearsal import generate
-
-        self.sandbox = sandbox
-        data = yaml.safe_load(SPEC.read_text())
-        data.update(name="e2e", prefix="cbm-e2e", tags=["cbm-e2e"])
-        (folder / "e2e").mkdir()
-        self.spec = folder / "e2e" / "deployment.yml"
-        self.spec.write_text(yaml.safe_dump(data))
-        self.state_home = folder / "state"
-        self.env = {**sandbox.env, "XDG_STATE_HOME": str(self.state_home), "CBM_EXTRACT_POLL": "1"}
-        self.features = generate(Path(sandbox.eodata))
-
-    def cbm(self, *args: str, timeout: int = 1800):
-        proc = run_cbm(*args, env=self.env, timeout=timeout)
-        assert proc.returncode == 0, f"cbm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc
-
-    @property
-    def hosts(self) -> dict:
-        return yaml.safe_load((self.spec.parent / "hosts.yml").read_text())["all"]
-
-    def query(self, sql: str):
-        """Run SQL on the deployment's PostGIS, through its published port, with its password file."""
-        import psycopg2
-
-        password = (self.state_home / "cbm" / "e2e" / "db_password").read_text().strip()
-        with psycopg2.connect(host=self.hosts["vars"]["cbm_manager_public_ip"], port=self.hosts["vars"]["cbm_db_port"],
-                              user="postgres", dbname="postgres", password=password) as conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall() if cur.description else None
-
-    def ssh(self, group: str, index: int, command: str) -> str:
-        """Run a command on a host of the deployment (workers through the manager, as Ansible does)."""
-        hosts = self.hosts
-        name = sorted(hosts["children"][group]["hosts"])[index]
-        key = hosts["vars"]["ansible_ssh_private_key_file"]
-        opts = ["-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR"]
-        jump = []
-        if group == "workers":
-            jump = ["-o", f"ProxyCommand=ssh {' '.join(opts)} -W %h:%p eouser@{hosts['vars']['cbm_manager_public_ip']}"]
-        address = hosts["children"][group]["hosts"][name]["ansible_host"]
-        proc = subprocess.run(["ssh", *opts, *jump, f"eouser@{address}", command], capture_output=True, text=True,
-                              timeout=60)
-        return proc.stdout
-
-    def background(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "cbm", *args], env={**os.environ, **self.env}, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture(scope="module")
-def e2e(sandbox, tmp_path_factory):
-    ctx = E2E(sandbox, tmp_path_factory.mktemp("e2e"))
-    ctx.cbm("up", str(ctx.spec))
-    yield ctx
-    run_cbm("down", str(ctx.spec), "--yes", env=ctx.env, timeout=600)
+def e2e(live_deployment):
+    """The shared live deployment, with the generated products in the sandbox's /eodata."""
+    from provision.rehearsal import generate
+
+    live_deployment.features = generate(Path(live_deployment.sandbox.eodata))
+    live_deployment.env["CBM_EXTRACT_POLL"] = "1"
+    return live_deployment
 
 
 @pytest.fixture(scope="module")
@@ -191,16 +136,10 @@ def test_upgrade_while_extracting(e2e, reference):
 def test_down_keep_volume_then_up_keeps_every_row(e2e):
     before = e2e.query(CHECKSUM)
     assert before[0][0] > 0
+    servers = {s.id for s in e2e.sandbox.connect().compute.servers() if s.name.startswith("cbm-live")}
     e2e.cbm("down", str(e2e.spec), "--keep-volume", "--yes")
+    assert [name for name in e2e.cloud_leftovers() if not name.endswith("-data")] == []
     e2e.cbm("up", str(e2e.spec))
+    after = {s.id for s in e2e.sandbox.connect().compute.servers() if s.name.startswith("cbm-live")}
+    assert after and not after & servers  # new hosts, same volume
     assert e2e.query(CHECKSUM) == before
-
-
-def test_down_leaves_nothing(e2e):
-    e2e.cbm("down", str(e2e.spec), "--yes")
-    conn = e2e.sandbox.connect()
-    assert [s.name for s in conn.compute.servers() if s.name.startswith("cbm-e2e")] == []
-    assert [v.name for v in conn.block_storage.volumes() if (v.name or "").startswith("cbm-e2e")] == []
-    assert [g.name for g in conn.network.security_groups() if g.name.startswith("cbm-e2e")] == []
-    assert [k.name for k in conn.compute.keypairs() if k.name.startswith("cbm-e2e")] == []
-    assert [ip for ip in conn.network.ips() if (ip.description or "").find("e2e") >= 0] == []

@@ -1,0 +1,87 @@
+"""A deployment on the sandbox cloud for the tests that need configured hosts (see the
+`live_deployment` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, run_cbm
+
+SANDBOX_SPEC = REPO / "inventories" / "sandbox" / "deployment.yml"
+SANDBOX_CONFIGURE = REPO / "inventories" / "sandbox" / "configure.yml"
+
+
+class LiveDeployment:
+    name = "live"
+
+    def __init__(self, sandbox, folder: Path):
+        self.sandbox = sandbox
+        data = yaml.safe_load(SANDBOX_SPEC.read_text())
+        data.update(name=self.name, prefix=f"cbm-{self.name}", tags=[f"cbm-{self.name}"])
+        (folder / self.name).mkdir()
+        self.spec = folder / self.name / "deployment.yml"
+        self.spec.write_text(yaml.safe_dump(data))
+        if SANDBOX_CONFIGURE.exists():
+            (folder / self.name / "configure.yml").write_text(SANDBOX_CONFIGURE.read_text())
+        self.state_home = folder / "state"
+        self.env = {**sandbox.env, "XDG_STATE_HOME": str(self.state_home)}
+
+    @property
+    def state(self) -> Path:
+        return self.state_home / "cbm" / self.name
+
+    @property
+    def hosts(self) -> dict:
+        return yaml.safe_load((self.spec.parent / "hosts.yml").read_text())["all"]
+
+    def cbm(self, *args: str, timeout: int = 1800, env: dict | None = None):
+        proc = run_cbm(*args, env={**self.env, **(env or {})}, timeout=timeout)
+        assert proc.returncode == 0, f"cbm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    def background(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "cbm", *args], env={**os.environ, **self.env, **(env or {})},
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def query(self, sql: str, params=None):
+        """SQL on the deployment's PostGIS through its published port, with its password file."""
+        import psycopg2
+
+        password = (self.state / "db_password").read_text().strip()
+        with psycopg2.connect(host=self.hosts["vars"]["cbm_manager_public_ip"], port=self.hosts["vars"]["cbm_db_port"],
+                              user="postgres", dbname="postgres", password=password, connect_timeout=10) as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+
+    def ssh(self, group: str, index: int, command: str, check: bool = True) -> str:
+        """Run a command on a host (workers through the manager, as Ansible reaches them)."""
+        hosts = self.hosts
+        names = sorted(hosts["children"][group]["hosts"])
+        key = hosts["vars"]["ansible_ssh_private_key_file"]
+        opts = ["-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
+        jump = []
+        if group == "workers":
+            jump = ["-o", f"ProxyCommand=ssh {' '.join(opts)} -W %h:%p eouser@{hosts['vars']['cbm_manager_public_ip']}"]
+        address = hosts["children"][group]["hosts"][names[index]]["ansible_host"]
+        proc = subprocess.run(["ssh", *opts, *jump, f"eouser@{address}", command], capture_output=True, text=True,
+                              timeout=120)
+        if check:
+            assert proc.returncode == 0, f"{command} on {names[index]}: {proc.stderr}"
+        return proc.stdout
+
+    def cloud_leftovers(self) -> list[str]:
+        """Names of cloud resources of this deployment still in the sandbox."""
+        conn = self.sandbox.connect()
+        prefix = f"cbm-{self.name}"
+        left = [s.name for s in conn.compute.servers() if s.name.startswith(prefix)]
+        left += [v.name for v in conn.block_storage.volumes() if (v.name or "").startswith(prefix)]
+        left += [g.name for g in conn.network.security_groups() if g.name.startswith(prefix)]
+        left += [k.name for k in conn.compute.keypairs() if k.name.startswith(prefix)]
+        return left
