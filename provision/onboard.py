@@ -84,7 +84,7 @@ def onboard(spec_path: str, parcels_file: str, aoi: str, start: str, end: str, c
     with db.session(settings) as conn:
         known = {name for name, *_ in aois.list_aois(conn, settings)}
         if aoi in known and not replace:
-            out(f"   already there (--replace to redo it)")
+            out("   already there (--replace to redo it)")
         else:
             out(f"   {aois.add_from_parcels(conn, settings, aoi, table, replace=aoi in known)}")
     times["aoi"] = time.monotonic() - t

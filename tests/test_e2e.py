@@ -10,7 +10,6 @@ The undisturbed reference is computed on this machine with the same products, pa
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
