@@ -248,6 +248,10 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     sandbox.inject(kind="server.create", mode="error")
     assert_failed_clearly(small.cbm("up", check=False), "creating server", "HTTP 500", "run the command again")
 
+    # a create call that hangs: the client gives up after timeouts.api with a clear line
+    sandbox.inject(kind="server.create", mode="timeout", seconds=6)
+    assert_failed_clearly(small.cbm("up", check=False), "creating server", "timed out", "run the command again")
+
     # down after a failed up leaves nothing
     small.cbm("down", "--yes")
     assert not any(small.owned().values()), small.owned()
@@ -296,3 +300,19 @@ def test_specs_naming_what_the_cloud_lacks_give_one_line(sandbox, tmp_path, key,
         proc = d.cbm(command, check=False)
         assert_one_line_error(proc, needle, str(d.spec), code=2)
     assert not any(d.owned().values())
+
+
+def test_a_keypair_that_is_not_provably_ours_is_left_alone(sandbox, tmp_path):
+    d = Deployment(sandbox, tmp_path, "tpk", workers=0)
+    other = d.conn.compute.create_keypair(name="cbm-tpk-key", public_key=(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBz4rA2+3Xh8Kq1b3pTqk8yD0l6S0mC1n6Xq6wq4u9Zt someone-else"))
+    try:
+        proc = d.cbm("down", "--yes")
+        assert "left alone" in proc.stderr + proc.stdout
+        assert d.conn.compute.get_keypair("cbm-tpk-key").public_key == other.public_key
+        err = assert_one_line_error(d.cbm("up", check=False), "keypair 'cbm-tpk-key'", "not this deployment's",
+                                    code=1)
+        assert "prefix" in err
+        assert not [s for s in d.owned()["servers"]]
+    finally:
+        d.conn.compute.delete_keypair("cbm-tpk-key", ignore_missing=True)
