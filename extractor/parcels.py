@@ -96,6 +96,8 @@ def pg_type(t) -> str:
 
 def hex_of(arr):
     """A binary Arrow array as a string array of lower-case hex, without a Python loop."""
+    import binascii
+
     import numpy as np
     import pyarrow as pa
 
@@ -103,10 +105,10 @@ def hex_of(arr):
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
     start, end = int(offsets[0]), int(offsets[-1])
     data = arr.buffers()[2]
-    raw = bytes(memoryview(data)[start:end]) if data is not None and end > start else b""
+    hexed = binascii.hexlify(memoryview(data)[start:end]) if data is not None and end > start else b""
     valid = arr.is_valid().buffers()[1] if arr.null_count else None
     return pa.Array.from_buffers(pa.large_string(), len(arr),
-                                 [valid, pa.py_buffer((offsets - start) * 2), pa.py_buffer(raw.hex().encode())])
+                                 [valid, pa.py_buffer((offsets - start) * 2), pa.py_buffer(hexed)])
 
 
 def copyable(arr):
@@ -211,8 +213,6 @@ def load_parcels(settings, source, table: str, replace: bool = False, progress=N
 
 
 def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) -> LoadResult:
-    import io
-
     import psycopg2
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -250,12 +250,12 @@ def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) 
             fid = batch.column(source.fid_column).cast(pa.int64()) if source.fid_column else n
             arrays = [n, fid] + [copyable(batch.column(src)) for src, _, _ in columns]
             arrays.append(hex_of(batch.column(GEOMETRY)))
-            buf = io.BytesIO()
-            pacsv.write_csv(pa.table(arrays, names=[f"c{i}" for i in range(len(arrays))]), buf,
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(pa.table(arrays, names=[f"c{i}" for i in range(len(arrays))]), sink,
                             pacsv.WriteOptions(include_header=False))
-            buf.seek(0)
+            del arrays
             try:
-                cur.copy_expert(copy_stmt, buf)
+                cur.copy_expert(copy_stmt, pa.BufferReader(sink.getvalue()), size=1 << 20)
             except psycopg2.DataError as exc:
                 reason = " ".join(str(exc).split("\n")[0].split())
                 raise UserError(f"parcel file {source.path} has data PostgreSQL cannot take ({reason}); "
