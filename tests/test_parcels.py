@@ -25,6 +25,8 @@ def files(tmp_path_factory):
         "garbage": _write(folder / "garbage.gpkg", b"this is not a geopackage\n" * 20),
         "mixed": feature_collection(folder, "mixed.geojson", [POINT, EMPTY, None, LINE]),
         "plain_parquet": _plain_parquet(folder / "plain.parquet"),
+        "custom_crs": _dk_rewritten(folder / "custom.gpkg", crs="+proj=tmerc +lon_0=10.3 +k=1 +x_0=0 +y_0=0 +ellps=GRS80"),
+        "two_layers": _dk_rewritten(folder / "two.gpkg", layers=("marker", "marker_copy")),
         "folder": folder,
     }
 
@@ -37,6 +39,16 @@ def _plain_parquet(path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"id": [1, 2], "wkb": [b"\x01", b"\x02"]}), path)
+    return path
+
+
+def _dk_rewritten(path, crs=None, layers=("marker",)):
+    import pyogrio.raw
+
+    meta, _, geometry, field_data = pyogrio.raw.read(DK_SHP)
+    for layer in layers:
+        pyogrio.raw.write(path, geometry, field_data, meta["fields"], crs=crs or meta["crs"], driver="GPKG",
+                          geometry_type="Polygon", layer=layer, append=layer != layers[0])
     return path
 
 
@@ -171,6 +183,8 @@ def test_existing_table_needs_replace(db, files):
     ("garbage", ["not a readable vector file"]),
     ("mixed", ["no polygon features", "not a polygon: POINT", "not a polygon: LINESTRING"]),
     ("plain_parquet", ["without GeoParquet 'geo' metadata"]),
+    ("custom_crs", ["without an EPSG code", "--srid"]),
+    ("two_layers", ["2 layers", "marker, marker_copy", "--layer"]),
     ("zero_bytes", ["is empty"]),
 ])
 def test_bad_parcel_files(db, files, case, needles):
@@ -183,6 +197,14 @@ def test_bad_parcel_files(db, files, case, needles):
     err = assert_one_line_error(proc, *needles, code=2)
     assert str(path.name) in err
     assert snapshot(db) == before
+
+
+def test_layer_option(db, files):
+    proc = load(db, files["two_layers"], "dk", "--layer", "marker_copy")
+    assert proc.returncode == 0, proc.stderr
+    assert "(layer marker_copy)" in proc.stdout and "loaded 100 parcels" in proc.stdout
+    assert_one_line_error(load(db, files["two_layers"], "dk2", "--layer", "nope"), "no layer 'nope'", "marker_copy",
+                          code=2)
 
 
 def test_no_prj_with_srid_loads(db, files):
