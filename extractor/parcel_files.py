@@ -202,7 +202,8 @@ def _resolve_srid(crs, override: int | None, where: str) -> int:
     if found is not None:
         return found
     if crs is None:
-        raise UserError(f"{where} has no coordinate reference system (a shapefile needs its .prj); "
+        hint = " (the .prj next to the .shp is missing)" if where.lower().endswith(".shp") else ""
+        raise UserError(f"{where} has no coordinate reference system{hint}; "
                         "add it, or pass --srid EPSG_CODE")
     raise UserError(f"{where} has a coordinate reference system without an EPSG code; "
                     "reproject it (e.g. ogr2ogr -t_srs EPSG:...) or pass --srid EPSG_CODE")

@@ -391,6 +391,10 @@ def utm_zones(settings, aoi: str, card: str = "s2") -> list[int]:
 
 
 # -- commands ---------------------------------------------------------------------------------
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _fmt(v: float) -> str:
     return f"{v:.6f}" if abs(v) <= 360 else f"{v:.1f}"
 
@@ -408,8 +412,8 @@ def cmd_load(args) -> int:
     verb = "replaced" if result.replaced else "created"
     if args.dry_run:
         print("dry run: nothing was written; a load would give:")
-    print(f"loaded {result.loaded} parcels from {source.describe} into {result.table} ({verb}; "
-          f"ogc_fid, {result.columns} attributes, wkb_geometry MultiPolygon)")
+    print(f"loaded {_n(result.loaded, 'parcel')} from {source.describe} into {result.table} ({verb}; "
+          f"ogc_fid, {_n(result.columns, 'attribute')}, wkb_geometry MultiPolygon)")
     print(f"repaired {result.repaired} invalid geometr{'y' if result.repaired == 1 else 'ies'} (ST_MakeValid)")
     print(f"skipped {result.skipped_count}" + (f": {result.skipped_text()}" if result.skipped_count else ""))
     print(f"SRID {result.srid}, extent {' '.join(_fmt(v) for v in result.extent)}")
