@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cbm.cli import add_command, add_group
-from cbm.errors import UserError
+from cbm.errors import CbmError, UserError
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 POLYGONAL = ("Polygon", "MultiPolygon")
@@ -149,16 +149,23 @@ def add_from_geojson(conn, settings, name: str, path: str | Path, replace: bool 
     texts = [json.dumps(g) for g in polygons]
     collect = sql.SQL("SELECT ST_Collect(ST_SetSRID(ST_GeomFromGeoJSON(j), 4326)) AS g FROM unnest(%s::text[]) AS j")
     with conn.cursor() as cur:
-        try:
-            cur.execute(sql.SQL("SAVEPOINT geojson"))
-            cur.execute(sql.SQL("SELECT ST_XMin(g), ST_YMin(g), ST_XMax(g), ST_YMax(g), ST_IsValid(ST_GeometryN(g, 1)),"
-                                " ST_IsEmpty(g) FROM ({}) c").format(collect), (texts,))
-            xmin, ymin, xmax, ymax, valid, empty = cur.fetchone()
-            cur.execute(sql.SQL("RELEASE SAVEPOINT geojson"))
-        except psycopg2.DataError as exc:
-            cur.execute(sql.SQL("ROLLBACK TO SAVEPOINT geojson"))
-            reason = " ".join(str(exc).split("\n")[0].split())
-            raise UserError(f"GeoJSON file {path} has a geometry PostGIS cannot read ({reason}); fix it") from None
+        def checked(query, what: str):
+            """Run a query on the user's geometries; PostGIS/GEOS errors (bad GeoJSON, broken rings)
+            become one line naming the file, and the transaction stays usable."""
+            try:
+                cur.execute("SAVEPOINT geojson")
+                cur.execute(query, (texts,))
+                row = cur.fetchone()
+                cur.execute("RELEASE SAVEPOINT geojson")
+                return row
+            except psycopg2.Error as exc:  # reported as data or internal errors
+                cur.execute("ROLLBACK TO SAVEPOINT geojson")
+                reason = " ".join(str(exc).split("\n")[0].split())
+                raise UserError(f"GeoJSON file {path} has a geometry PostGIS cannot {what} ({reason}); fix it") from None
+
+        xmin, ymin, xmax, ymax, valid, empty = checked(sql.SQL(
+            "SELECT ST_XMin(g), ST_YMin(g), ST_XMax(g), ST_YMax(g), ST_IsValid(ST_GeometryN(g, 1)), ST_IsEmpty(g)"
+            " FROM ({}) c").format(collect), "read")
         if empty:
             raise UserError(f"GeoJSON file {path} has only empty polygons; give a polygon with coordinates")
         if xmin < -180 or xmax > 180 or ymin < -90 or ymax > 90:
@@ -168,9 +175,9 @@ def add_from_geojson(conn, settings, name: str, path: str | Path, replace: bool 
             geom_sql, how = sql.SQL("SELECT ST_GeometryN(g, 1) FROM ({}) c").format(collect), "polygon"
         else:
             geom_sql = sql.SQL("SELECT ST_ConvexHull(g) FROM ({}) c").format(collect)
-            how = f"convex hull of {len(polygons)} geometr{'y' if len(polygons) == 1 else 'ies'}"
-        cur.execute(sql.SQL("SELECT GeometryType(g) FROM ({}) x(g)").format(geom_sql), (texts,))
-        if cur.fetchone()[0] != "POLYGON":
+            how = (f"convex hull of {len(polygons)} geometries" if len(polygons) > 1 else
+                   "convex hull of a MultiPolygon" if not single else "convex hull of an invalid polygon")
+        if checked(sql.SQL("SELECT GeometryType(g) FROM ({}) x(g)").format(geom_sql), "use")[0] != "POLYGON":
             raise UserError(f"GeoJSON file {path} has no area (its polygons are degenerate); fix it")
         _store(cur, settings, aois, name, geom_sql, (texts,), replace)
     return f"{how} from {Path(path).name}"
@@ -198,6 +205,8 @@ def _summary(conn, settings, name: str) -> str:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_add(args) -> int:
+    import psycopg2
+
     from extractor import db
     from extractor.cli import load_settings
 
@@ -205,16 +214,20 @@ def cmd_add(args) -> int:
     check_aoi_name(args.name)
     if args.geojson:
         read_geojson_polygons(args.geojson)    # a bad file fails before we connect
-    with db.session(settings) as conn:
-        if args.from_parcels:
-            how = add_from_parcels(conn, settings, args.name, args.from_parcels, args.replace)
-        else:
-            how = add_from_geojson(conn, settings, args.name, args.geojson, args.replace)
-        summary = _summary(conn, settings, args.name)
-        if args.dry_run:
-            conn.rollback()
-            print("dry run: nothing was written; the AOI would be:")
-        print(f"AOI {args.name}: {how}; {summary}")
+    try:
+        with db.session(settings) as conn:
+            if args.from_parcels:
+                how = add_from_parcels(conn, settings, args.name, args.from_parcels, args.replace)
+            else:
+                how = add_from_geojson(conn, settings, args.name, args.geojson, args.replace)
+            summary = _summary(conn, settings, args.name)
+            if args.dry_run:
+                conn.rollback()
+                print("dry run: nothing was written; the AOI would be:")
+    except psycopg2.Error as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())
+        raise CbmError(f"adding AOI {args.name} failed ({reason}); nothing was written") from None
+    print(f"AOI {args.name}: {how}; {summary}")
     return 0
 
 

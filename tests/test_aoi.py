@@ -105,6 +105,8 @@ def test_geojson_several_polygons_become_convex_hull(db, tmp_path):
     (["--geojson", "{point}"], ["Point", "not a Polygon"]),
     (["--geojson", "{garbage}"], ["not valid JSON"]),
     (["--geojson", "{projected}"], ["EPSG:4326"]),
+    (["--geojson", "{flat}"], ["cannot read", "not sufficiently nested"]),
+    (["--geojson", "{open_ring}"], ["cannot use", "closed linestring"]),
 ])
 def test_bad_aoi_input(dk, tmp_path, args, needles):
     files = {
@@ -113,6 +115,9 @@ def test_bad_aoi_input(dk, tmp_path, args, needles):
         "{garbage}": write(tmp_path, "garbage.geojson", "<html>not json"),
         "{projected}": write(tmp_path, "utm.geojson", {"type": "Polygon", "coordinates": [[
             [500000, 6200000], [500100, 6200000], [500100, 6200100], [500000, 6200000]]]}),
+        "{flat}": write(tmp_path, "flat.geojson", {"type": "Polygon", "coordinates": [[1, 2]]}),
+        "{open_ring}": write(tmp_path, "open.geojson", {"type": "Polygon", "coordinates": [
+            [[0, 0], [1, 0], [1, 1], [0, 0]], [[0, 0], [1, 1]]]}),
     }
     before = snapshot(dk)
     proc = run_cbm("aoi", "add", "x", *[files.get(a, a) for a in args], env=dk)
