@@ -36,9 +36,113 @@ def _percentile(sorted_vals, n, q):
     return _lerp(np.float64(sorted_vals[lo]), np.float64(sorted_vals[hi]), t)
 
 
+@njit(cache=True, nogil=True)
+def _quantiles_sorted(vals, m, out):
+    """p25, p50, p75 into out[5:8], by sorting (any dtype, e.g. S1 float32)."""
+    v = vals[:m]
+    v.sort()
+    out[5] = _percentile(v, m, 0.25)
+    out[6] = _percentile(v, m, 0.5)
+    out[7] = _percentile(v, m, 0.75)
+
+
+@njit(cache=True, nogil=True)
+def _quantiles_f32(vals, m, out):
+    """p25, p50, p75 into out[5:8] for float32 (S1 backscatter, coherence): an LSD radix sort of
+    the IEEE bit patterns (which order like unsigned integers for values >= 0; any negative value
+    falls back to a comparison sort). Byte passes where all values agree are skipped."""
+    v = vals[:m]
+    for i in range(m):
+        if v[i] < 0:
+            _quantiles_sorted(vals, m, out)
+            return
+    keys = v.view(np.uint32)
+    tmp = np.empty(m, np.uint32)
+    count = np.empty(256, np.int64)
+    src, dst = keys, tmp
+    swapped = False
+    for p in range(4):
+        shift = 8 * p
+        count[:] = 0
+        for i in range(m):
+            count[(src[i] >> shift) & 255] += 1
+        if count[(src[0] >> shift) & 255] == m:
+            continue  # every value has the same byte here
+        total = 0
+        for b in range(256):
+            c = count[b]
+            count[b] = total
+            total += c
+        for i in range(m):
+            b = (src[i] >> shift) & 255
+            dst[count[b]] = src[i]
+            count[b] += 1
+        src, dst = dst, src
+        swapped = not swapped
+    if swapped:
+        keys[:] = tmp
+    out[5] = _percentile(v, m, 0.25)
+    out[6] = _percentile(v, m, 0.5)
+    out[7] = _percentile(v, m, 0.75)
+
+
+@njit(cache=True, nogil=True)
+def _quantiles_u16(vals, m, out):
+    """p25, p50, p75 into out[5:8] without sorting, for integers below 65536 (S2 DN).
+
+    The six order statistics the interpolation needs are found with a histogram of the high
+    byte (which 256-value bin holds each rank) and histograms of the low byte of those bins
+    only: two passes over the values, exact, whatever the order of the pixels."""
+    high = np.zeros(256, np.int64)
+    for i in range(m):
+        high[vals[i] >> 8] += 1
+    ranks = np.empty(6, np.int64)
+    ts = np.empty(3, np.float64)
+    for j in range(3):
+        pos = (m - 1) * (0.25 * (j + 1))
+        lo = int(np.floor(pos))
+        ranks[2 * j] = lo
+        ranks[2 * j + 1] = min(lo + 1, m - 1)
+        ts[j] = pos - lo
+    slot = np.full(256, -1, np.int64)
+    rank_slot = np.empty(6, np.int64)
+    rank_bin = np.empty(6, np.int64)
+    rank_within = np.empty(6, np.int64)
+    nslots = 0
+    cum = 0
+    b = 0
+    for j in range(6):  # ranks ascend: walk the bins once
+        r = ranks[j]
+        while cum + high[b] <= r:
+            cum += high[b]
+            b += 1
+        if slot[b] < 0:
+            slot[b] = nslots
+            nslots += 1
+        rank_slot[j] = slot[b]
+        rank_bin[j] = b
+        rank_within[j] = r - cum
+    low = np.zeros((nslots, 256), np.int64)
+    for i in range(m):
+        v = vals[i]
+        sl = slot[v >> 8]
+        if sl >= 0:
+            low[sl, v & 255] += 1
+    stat = np.empty(6, np.float64)
+    for j in range(6):
+        c = 0
+        row = rank_slot[j]
+        for lb in range(256):
+            c += low[row, lb]
+            if c > rank_within[j]:
+                stat[j] = rank_bin[j] * 256 + lb
+                break
+    for j in range(3):
+        out[5 + j] = _lerp(stat[2 * j], stat[2 * j + 1], ts[j])
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def zonal_stats(img, rows, cols, lens, offsets):
-    """Per parcel: count, mean, std, min, max, p25, p50, p75 of the valid pixels (float64 (P, 8))."""
+def _zonal_stats(img, rows, cols, lens, offsets, quantiles):
     nparcels = offsets.shape[0] - 1
     out = np.zeros((nparcels, 8), dtype=np.float64)
     for p in prange(nparcels):
@@ -47,35 +151,52 @@ def zonal_stats(img, rows, cols, lens, offsets):
             n += lens[k]
         if n == 0:
             continue
-        buf = np.empty(n, dtype=img.dtype)
+        vals = np.empty(n, dtype=img.dtype)
         m = 0
         total = 0.0
+        vmin = np.inf
+        vmax = -np.inf
         for k in range(offsets[p], offsets[p + 1]):
             r = rows[k]
             c0 = cols[k]
             for c in range(c0, c0 + lens[k]):
                 v = img[r, c]
                 if v != 0 and v == v:
-                    buf[m] = v
+                    vals[m] = v
                     total += v
+                    if v < vmin:
+                        vmin = v
+                    if v > vmax:
+                        vmax = v
                     m += 1
         if m == 0:
             continue
-        vals = np.sort(buf[:m])
         mean = total / m
         ss = 0.0
         for i in range(m):
             d = vals[i] - mean
             ss += d * d
-        out[p, 0] = m
-        out[p, 1] = mean
-        out[p, 2] = np.sqrt(ss / m)
-        out[p, 3] = vals[0]
-        out[p, 4] = vals[m - 1]
-        out[p, 5] = _percentile(vals, m, 0.25)
-        out[p, 6] = _percentile(vals, m, 0.5)
-        out[p, 7] = _percentile(vals, m, 0.75)
+        row = out[p]
+        row[0] = m
+        row[1] = mean
+        row[2] = np.sqrt(ss / m)
+        row[3] = vmin
+        row[4] = vmax
+        quantiles(vals, m, row)
     return out
+
+
+def zonal_stats(img, rows, cols, lens, offsets) -> np.ndarray:
+    """Per parcel: count, mean, std, min, max, p25, p50, p75 of the valid pixels (float64 (P, 8)).
+    Percentiles: a histogram selection for unsigned integer bands (S2 DN), a radix sort for
+    float32 (S1), a comparison sort otherwise; all give numpy.percentile's 'linear' values."""
+    if img.dtype in (np.uint8, np.uint16):
+        quantiles = _quantiles_u16
+    elif img.dtype == np.float32:
+        quantiles = _quantiles_f32
+    else:
+        quantiles = _quantiles_sorted
+    return _zonal_stats(img, rows, cols, lens, offsets, quantiles)
 
 
 @njit(parallel=True, cache=True, nogil=True)

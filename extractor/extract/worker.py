@@ -91,7 +91,8 @@ def make_context(conn, settings, card: str, res: int, aoi, parcels, start, end) 
 
 
 def _csr(rows, cols, lens, pids):
-    order = np.lexsort((cols, rows, pids))
+    """Runs grouped per parcel (the order of a parcel's runs does not matter to the kernels)."""
+    order = np.argsort(pids, kind="stable")
     rows, cols, lens, pids = rows[order], cols[order], lens[order], pids[order]
     uniq, starts = np.unique(pids, return_index=True)
     offsets = np.append(starts, pids.size).astype(np.int64)

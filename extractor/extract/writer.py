@@ -13,6 +13,7 @@ import struct
 import sys
 
 import numpy as np
+from numba import njit
 from psycopg2 import sql
 
 from extractor.db import table
@@ -80,11 +81,74 @@ def hist_json(counts: np.ndarray) -> str:
     return "{" + ", ".join(f'"{c}": {counts[c]}' for c in nz) + "}"
 
 
+@njit(cache=True)
+def _digits(buf, pos, value):
+    if value < 0:
+        buf[pos] = 45  # -
+        pos += 1
+        value = -value
+    if value == 0:
+        buf[pos] = 48
+        return pos + 1
+    n = 0
+    v = value
+    while v > 0:
+        n += 1
+        v //= 10
+    for i in range(n - 1, -1, -1):
+        buf[pos + i] = 48 + value % 10
+        value //= 10
+    return pos + n
+
+
+@njit(cache=True)
+def _hists_text(pids, obsid, counts):
+    """COPY text lines 'pid<TAB>obsid<TAB>{"c": n, ...}' for parcels with pixels (as hist_json)."""
+    size = 0
+    for p in range(counts.shape[0]):
+        size += 50
+        for c in range(counts.shape[1]):
+            if counts[p, c] > 0:
+                size += 30
+    buf = np.empty(size, np.uint8)
+    pos = 0
+    rows = 0
+    for p in range(counts.shape[0]):
+        first = True
+        for c in range(counts.shape[1]):
+            n = counts[p, c]
+            if n == 0:
+                continue
+            if first:
+                pos = _digits(buf, pos, pids[p])
+                buf[pos] = 9
+                pos = _digits(buf, pos + 1, obsid)
+                buf[pos] = 9
+                buf[pos + 1] = 123  # {
+                pos += 2
+                first = False
+            else:
+                buf[pos] = 44  # ,
+                buf[pos + 1] = 32
+                pos += 2
+            buf[pos] = 34  # "
+            pos = _digits(buf, pos + 1, c)
+            buf[pos] = 34
+            buf[pos + 1] = 58  # :
+            buf[pos + 2] = 32
+            pos = _digits(buf, pos + 3, n)
+        if not first:
+            buf[pos] = 125  # }
+            buf[pos + 1] = 10
+            pos += 2
+            rows += 1
+    return buf[:pos], rows
+
+
 def copy_hists(cur, settings, obsid: int, pids: np.ndarray, counts: np.ndarray) -> int:
     """COPY one hists row per parcel with at least one valid pixel; returns the number of rows."""
-    has = counts.sum(axis=1) > 0
-    lines = [f"{pid}\t{obsid}\t{hist_json(row)}\n" for pid, row in zip(pids[has].tolist(), counts[has])]
-    buf = io.StringIO("".join(lines))
+    text, rows = _hists_text(pids.astype(np.int64), int(obsid), counts)
     with _quiet_copy():
-        cur.copy_expert(sql.SQL("COPY {} (pid, obsid, hist) FROM STDIN").format(table(settings, "hists")), buf)
-    return len(lines)
+        cur.copy_expert(sql.SQL("COPY {} (pid, obsid, hist) FROM STDIN").format(table(settings, "hists")),
+                        io.BytesIO(text.tobytes()))
+    return int(rows)
