@@ -28,7 +28,12 @@ def db(dbenv):
 
 @pytest.fixture
 def dk(db):
-    assert run_cbm("parcels", "load", str(DK_SHP), "--table", "dk_parcels", env=db).returncode == 0
+    """The DK parcels in table dk_parcels (loaded in-process: the command is tested in test_parcels.py)."""
+    from extractor import settings
+    from extractor.parcel_files import open_parcel_file
+    from extractor.parcels import load_parcels
+
+    assert load_parcels(settings.load(), open_parcel_file(DK_SHP), "dk_parcels").loaded == 100
     return db
 
 
