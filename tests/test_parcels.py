@@ -316,3 +316,16 @@ def test_geoparquet_attribute_types_round_trip(db, tmp_path):
         (3, None, datetime.date(2024, 3, 1), datetime.datetime(2024, 3, 1, 12, 0, 0, 123456), None, "x", None,
          "back\\slash"),
     ]
+
+
+def test_launder_and_hex_of():
+    """Column names as ogr2ogr launders them, unique and off our own; WKB hex for any Arrow slice."""
+    import pyarrow as pa
+
+    from extractor.parcels import hex_of, launder
+
+    assert launder(["Marknr", "IMK areal", "ogc_fid", "marknr", "Afgrøde", "", "x" * 70]) == [
+        "marknr", "imk_areal", "ogc_fid_2", "marknr_2", "afgrøde", "field_6", "x" * 63]
+    arr = pa.array([b"\x01\x02", None, b"", b"\xff", None, b"\x10\x20\x30"], pa.binary())
+    for part in (arr, arr.slice(1), arr.slice(2, 3), arr.slice(5)):
+        assert hex_of(part).to_pylist() == [None if v is None else v.hex() for v in part.to_pylist()]
