@@ -195,7 +195,7 @@ def wait_for(what: str, fetch, done, failed=None, timeout: float = 900, gone_ok:
                 raise CbmError(f"{what}: gave up after {timeout:.0f} s ({state}); run the command again "
                                "to resume, or raise timeouts.wait in the spec")
             time.sleep(interval)
-            interval = min(interval * 1.5, 5.0)
+            interval = min(interval * 1.3, 2.0)
 
 
 def read(what: str, fetch, timeout: float = 60):

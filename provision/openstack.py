@@ -222,15 +222,14 @@ class _Up:
         elif vol.size < spec.volume.size:
             self.warn(f"volume {vol.name} has {vol.size} GB, the spec asks {spec.volume.size} GB: not resized "
                       "(extend it with `openstack volume set --size`, then grow the filesystem)")
-        if not self.dry_run and vol.status not in ("available", "in-use"):
-            vol = self._wait_volume(vol, ("available", "in-use"))
-        return vol
+        return vol   # not waited for here: it gets ready while the servers boot
 
     def _wait_volume(self, vol, statuses):
         bs = self.conn.block_storage
         return wait_for(f"volume {vol.name or vol.id}", lambda: bs.get_volume(vol.id),
                         done=lambda v: v.status in statuses,
-                        failed=lambda v: f"went to state {v.status}" if v.status.startswith("error") else None,
+                        failed=lambda v: f"went to state {v.status} (run `cbm up` again to replace it)"
+                        if v.status == "error" else f"went to state {v.status}" if v.status.startswith("error") else None,
                         timeout=self.timeout)
 
     def _delete_volume(self, vol):
@@ -432,7 +431,7 @@ class _Up:
         servers = self.servers(found, refs, group)
         manager = servers.get(("manager", 0))
         if vol is not None and manager is not None and not self.dry_run:
-            vol = read(f"reading volume {vol.name}", lambda: conn.block_storage.get_volume(vol.id))
+            vol = self._wait_volume(vol, ("available", "in-use"))
         device = self.attachment(vol, manager)
         fip = self.floating_ip(found, manager, refs)
         if self.dry_run:

@@ -264,15 +264,17 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
 
     # a volume or a server that fails to build is reported, and replaced by the next up
     sandbox.inject(kind="volume.build", mode="error")
-    assert_failed_clearly(small.cbm("up", check=False), "volume cbm-tpf-data", "state error")
     sandbox.inject(kind="server.boot", mode="error")
     proc = small.cbm("up", check=False)
-    last = assert_failed_clearly(proc, "ERROR", "No valid host was found")
-    assert "run `cbm up` again" in last and "replace volume" in proc.stderr
+    last = assert_failed_clearly(proc, "server cbm-tpf-", "ERROR", "No valid host was found")
+    assert "run `cbm up` again" in last
     plan = small.cbm("plan").stdout
-    assert "replace" in plan and "in state ERROR" in plan, plan
+    replaced = [line for line in plan.splitlines() if "replace" in line]
+    assert len(replaced) == 2, plan
+    assert "volume" in replaced[0] and "in state error" in replaced[0]
+    assert "server" in replaced[1] and "in state ERROR: No valid host" in replaced[1]
     proc = small.cbm("up")
-    assert "replace server" in proc.stderr
+    assert "replace server" in proc.stderr and "replace volume" in proc.stderr
     assert all(s.status == "ACTIVE" for s in small.owned()["servers"])
     small.cbm("down", "--yes")
     assert not any(small.owned().values()), small.owned()
