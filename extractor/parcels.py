@@ -229,6 +229,8 @@ def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) 
         if cur.fetchone() is None:
             raise UserError(f"EPSG:{source.srid} of {source.describe} is not in PostGIS' spatial_ref_sys; "
                             "reproject the file to a known CRS")
+        # Two loads into the same table queue up here, so the second sees the first's table.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cbm parcels {settings.db.schema}.{name}",))
         exists = db.table_exists(conn, settings, name)
         if exists and not replace:
             raise UserError(f"table {settings.db.schema}.{name} already exists; pass --replace to overwrite it "

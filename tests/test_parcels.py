@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -173,6 +175,18 @@ def test_existing_table_needs_replace(db, files):
     assert "replaced" in proc.stdout
     assert geometry_column(db, "parcels") == [("MULTIPOLYGON", 28992)]
     assert db.query("SELECT count(*) FROM parcels") == [(100,)]
+
+
+def test_concurrent_loads_into_one_table(db):
+    """Two loads racing for one new table: one creates it, the other says it exists (no SQL error)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "cbm", "parcels", "load", str(path), "--table", "race"],
+                              env={**os.environ, **db}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for path in (DK_SHP, NL_GPKG)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    err = next(err for rc, err in results if rc == 2)
+    assert "race already exists" in err and len(err.strip().splitlines()) == 1, err
+    assert db.query("SELECT count(*) FROM race") == [(100,)]
 
 
 @pytest.mark.parametrize("case, needles", [
