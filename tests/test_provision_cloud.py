@@ -289,6 +289,22 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     assert small.ssh(f"{small.prefix}-worker-1", "hostname").strip() == f"{small.prefix}-worker-1"
 
 
+def test_spec_changes_converge(small):
+    small.cbm("up")
+    data = yaml.safe_load(small.spec.read_text())
+    data["workers"] = 0
+    data["ingress"]["ssh"] = ["192.0.2.0/24"]
+    small.spec.write_text(yaml.safe_dump(data))
+    plan = [line.split() for line in small.cbm("plan").stdout.splitlines() if line.startswith("    ")]
+    assert sorted(" ".join(p[1:4]) for p in plan) == sorted(
+        ["create rule cbm-tpf-sg", "delete rule cbm-tpf-sg", "delete rule cbm-tpf-sg", "delete rule cbm-tpf-sg",
+         "delete rule cbm-tpf-sg", "delete server cbm-tpf-worker-1"]), plan
+    small.cbm("up")
+    assert [s.name for s in small.owned()["servers"]] == ["cbm-tpf-manager"]
+    assert small.cbm("plan").stdout.startswith("No changes")
+    assert list(inventory.load(small.hosts_yml)["all"]["children"]["workers"]["hosts"] or {}) == []
+
+
 @pytest.mark.parametrize("key, value, needle", [
     ("image", "Windows 95", "'image'"),
     ("flavors", {"manager": "eo9.huge", "worker": "eo1.xsmall"}, "'flavors.manager'"),
