@@ -25,6 +25,8 @@ from cbm.cli import add_command
 from cbm.errors import CbmError, UserError
 
 PLAYBOOK = "upgrade.yml"
+# The role's last task, whose message sums up each upgraded host.
+REPORT_TASK = "Report the upgrade of the node"
 
 
 def register(sub) -> None:
@@ -90,6 +92,27 @@ def print_nodes(before: dict[str, dict], after: dict[str, dict], out) -> None:
               f"engine {node.get('EngineVersion', '?')}", file=out)
 
 
+def node_reports(state_folder) -> list[str]:
+    """The per-host lines of the role's last task ("<host> upgraded: ...") from the newest run's events."""
+    import json
+
+    runs = sorted((state_folder / "runs").glob("*/artifacts/*/job_events"))
+    if not runs:
+        return []
+    lines = []
+    for path in sorted(runs[-1].glob("*.json"), key=lambda p: int(p.name.split("-", 1)[0])):
+        try:
+            event = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("task") == REPORT_TASK:
+            msg = (data.get("res") or {}).get("msg")
+            if msg:
+                lines.append(" ".join(str(msg).split()))
+    return lines
+
+
 def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = True, yes: bool = False,
             config: str | None = None, out=None) -> int:
     from provision import configure, deployment, ssh
@@ -133,6 +156,8 @@ def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = 
         err = CbmError(msg)
         err.exit_code = getattr(failure, "exit_code", 1) or 1
         raise err
+    for line in node_reports(dep.state_dir):
+        print(line, file=out)
     print_nodes(before, after, out)
     drained = left_drained(before, after)
     if drained:
