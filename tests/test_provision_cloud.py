@@ -241,9 +241,14 @@ def assert_failed_clearly(proc, *needles):
 
 
 def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
+    # the group is created, tagging it fails: the next up knows it by its description and tags it
+    sandbox.inject(kind="security_group.tags", mode="error")
+    assert_failed_clearly(small.cbm("up", check=False), "tagging security group", "HTTP 500")
     sandbox.inject(kind="volume.create", mode="quota")
-    last = assert_failed_clearly(small.cbm("up", check=False), "creating volume", "quota exceeded")
-    assert "413" in last
+    proc = small.cbm("up", check=False)
+    last = assert_failed_clearly(proc, "creating volume", "quota exceeded")
+    assert "413" in last and "add the ownership tag" in proc.stderr
+    assert len(small.owned()["security_groups"]) == 1
 
     sandbox.inject(kind="server.create", mode="error")
     assert_failed_clearly(small.cbm("up", check=False), "creating server", "HTTP 500", "run the command again")
@@ -259,6 +264,10 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     sandbox.inject(kind="fip.create", mode="quota")
     assert_failed_clearly(small.cbm("up", check=False), "floating IP", "quota exceeded")
     assert len(small.owned()["servers"]) == 2
+    # a floating IP whose tagging failed still belongs to the deployment (description): down removes it
+    sandbox.inject(kind="fip.tags", mode="error")
+    assert_failed_clearly(small.cbm("up", check=False), "tagging floating IP", "HTTP 500")
+    assert len(small.owned()["floating_ips"]) == 1
     small.cbm("down", "--yes")
     assert not any(small.owned().values()), small.owned()
 
