@@ -340,9 +340,10 @@ def cgroup_mounts() -> list[str]:
     On a cgroup v1 host, /sys/fs/cgroup is a tmpfs holding one mount per hierarchy. Binding that tmpfs
     itself into a host is dangerous: a `rmdir /sys/fs/cgroup/cpu` inside (cgroupfs-umount does it when
     a host with docker.io shuts down) detaches the hierarchy from this machine's namespace too, and the
-    Docker Engine here stops working. So each hierarchy is bound on its own, over the container's own
-    tmpfs. On a pure cgroup v2 host, /sys/fs/cgroup is the cgroup2 fs itself and is bound whole."""
-    mounts = []
+    Docker Engine here stops working. So each hierarchy is bound on its own, over a tmpfs of the
+    container (not Docker's cgroup mount, whose container-scoped roots confuse a nested runc). On a
+    pure cgroup v2 host, /sys/fs/cgroup is the cgroup2 fs itself and is bound whole."""
+    mounts = ["--tmpfs", "/sys/fs/cgroup:mode=755"]  # the host's own (replaces Docker's cgroup mount)
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
