@@ -189,7 +189,8 @@ def wait_for(what: str, fetch, done, failed=None, timeout: float = 900, gone_ok:
                     raise CbmError(f"{what}: {message}")
                 if done(obj):
                     return obj
-                waiter.update(getattr(obj, "status", None) or "")
+                status = getattr(obj, "status", None) or ""
+                waiter.update(f"deleting (status {status})" if gone_ok else status)
             if time.monotonic() >= deadline:
                 state = describe(last_error) if last_error else f"still {getattr(obj, 'status', '?')}"
                 raise CbmError(f"{what}: gave up after {timeout:.0f} s ({state}); run the command again "
