@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -194,6 +195,15 @@ def test_down_keep_volume_then_up_finds_the_files(dep, foreign):
     assert f"{dep.prefix}-manager" in proc.stdout, "the list is printed first"
     assert_one_line_error(proc, "--yes", code=2)
     assert len(dep.owned()["servers"]) == 3, "nothing deleted without confirmation"
+    # on a terminal it asks; anything but yes cancels
+    primary, secondary = os.openpty()
+    os.write(primary, b"n\n")
+    proc = subprocess.run([sys.executable, "-m", "cbm", "down", "--keep-volume", str(dep.spec)], stdin=secondary,
+                          capture_output=True, text=True, env={**os.environ, **dep.env}, timeout=120)
+    os.close(primary)
+    os.close(secondary)
+    assert "[y/N]" in proc.stdout and "cancelled" in proc.stderr and proc.returncode == 2, proc
+    assert len(dep.owned()["servers"]) == 3, "nothing deleted after no"
 
     proc = dep.cbm("down", "--keep-volume", "--yes")
     assert "kept" in proc.stdout
