@@ -111,7 +111,7 @@ def _quantiles_u16(vals, m, out):
     nslots = 0
     cum = 0
     b = 0
-    for j in range(6):  # ranks ascend: walk the bins once
+    for j in np.argsort(ranks):  # in ascending rank order: walk the bins once
         r = ranks[j]
         while cum + high[b] <= r:
             cum += high[b]

@@ -50,7 +50,7 @@ def is_s3(settings) -> bool:
 def gdal_options(settings) -> dict:
     """GDAL config for reading: threads for decoding; S3 endpoint and keys when reading over S3.
     The returned dict holds secrets: pass it to rasterio.Env only, never print it."""
-    opts = {"GDAL_NUM_THREADS": str(settings.extract.threads), "GDAL_CACHEMAX": 512}
+    opts = {"GDAL_NUM_THREADS": str(settings.extract.threads), "GDAL_CACHEMAX": 256}
     if is_s3(settings):
         s3 = settings.s3
         opts.update({
