@@ -279,6 +279,25 @@ def test_zones_both_hemispheres(db):
     assert run_cbm("parcels", "zones", "--aoi", "dk", env=db).stdout.split() == ["32632", "32633"]
 
 
+def test_zones_from_real_s2_catalog_reply(db):
+    """The real CDSE reply for tile T31UFS (three baselines, titles with and without .SAFE), stored
+    without the epsg column: the zone comes from the names."""
+    import json
+
+    from conftest import FIXTURES
+
+    reply = json.loads((FIXTURES / "cdse" / "resto_sentinel2_l2a_page1.json").read_text())
+    for f in reply["features"]:
+        db.query("INSERT INTO dias_catalogue (obstime, reference, sensor, card, footprint) VALUES"
+                 " (%s, %s, '2A', 's2', ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326)))",
+                 (f["properties"]["startDate"], f["properties"]["title"], json.dumps(f["geometry"])))
+    db.query("INSERT INTO aois VALUES ('query_box', ST_GeomFromText(%s, 4326))", (box(5.07, 51.215, 5.08, 51.22),))
+    proc = run_cbm("parcels", "zones", "--aoi", "query_box", env=db)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["32631"]
+    assert f"from {len(reply['features'])} s2 scenes" in proc.stderr
+
+
 def test_zones_unknown_aoi_and_no_scenes(db):
     before = snapshot(db)
     assert_one_line_error(run_cbm("parcels", "zones", "--aoi", "nowhere", env=db), "nowhere", "cbm aoi", code=2)
