@@ -60,25 +60,23 @@ def sigs_records(obsid: int, pids: np.ndarray, code: str, stats: np.ndarray) -> 
 
 
 def copy_sigs(cur, settings, obsid: int, pids: np.ndarray, bands: list[tuple[str, np.ndarray]]) -> int:
-    """COPY the rows of every (band code, stats) pair; returns the number of rows."""
-    buf = io.BytesIO()
-    buf.write(_HEADER)
-    rows = 0
+    """COPY the rows of every (band code, stats) pair; returns the number of rows.
+    Rows go in pid order (the bands of a parcel together): the pid index is updated in one
+    sweep, and the table grows in the order the seed's maintenance clusters it."""
+    parts, keys = [], []
     for code, stats in bands:
-        buf.write(sigs_records(obsid, pids, code, stats))
-        rows += int((stats[:, 0] > 0).sum())
-    buf.write(_TRAILER)
-    buf.seek(0)
+        parts.append(np.frombuffer(sigs_records(obsid, pids, code, stats), dtype=np.uint8))
+        keys.append(pids[stats[:, 0] > 0])
+    rows = sum(k.size for k in keys)
+    body = np.concatenate(parts) if parts else np.empty(0, np.uint8)
+    if rows and len(bands) > 1 and len({len(code) for code, _ in bands}) == 1:  # equal record sizes
+        order = np.argsort(np.concatenate(keys), kind="stable")
+        body = body.reshape(rows, -1)[order].reshape(-1)
+    buf = io.BytesIO(_HEADER + body.tobytes() + _TRAILER)
     with _quiet_copy():
         cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
             table(settings, "sigs"), sql.SQL(", ").join(map(sql.Identifier, SIGS_COLUMNS))), buf)
     return rows
-
-
-def hist_json(counts: np.ndarray) -> str:
-    """{"4": 120, "5": 3}: the seed's hist format, classes with pixels only."""
-    nz = np.flatnonzero(counts)
-    return "{" + ", ".join(f'"{c}": {counts[c]}' for c in nz) + "}"
 
 
 @njit(cache=True)
