@@ -38,7 +38,8 @@ def cmd_start(args) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: not a TCP port; pass 1-65535 or leave it out")
     sb = _sandbox(args, port=args.port, eodata=args.eodata)
-    was_running = sb.running
+    from provision.sandbox.control import code_version
+    was_running = sb.running and sb.served_code() == code_version()
     sb.start()
     print(f"sandbox cloud {'already running' if was_running else 'started'} at {sb.url} "
           f"(cloud '{sb.cloud_name}', log {sb.log_file})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,6 +20,8 @@ import yaml
 
 from cbm.errors import CbmError, UserError
 
+log = logging.getLogger(__name__)
+
 CLOUD_NAME = "cbm-sandbox"
 STATE_FILE = "state.json"
 OWN_FILES = ("state.json", "state.tmp", "clouds.yaml", "sandbox.pid", "sandbox.log", "ready")
@@ -26,6 +30,14 @@ OWN_FILES = ("state.json", "state.tmp", "clouds.yaml", "sandbox.pid", "sandbox.l
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "cbm" / "sandbox"
+
+
+def code_version() -> str:
+    """A digest of the sandbox's code: a service started from other code is restarted by start()."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _free_port() -> int:
@@ -100,6 +112,10 @@ class Sandbox:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 300) -> "Sandbox":
         """Run the service in the background (idempotent) and write clouds.yaml; returns self."""
+        if self.running and self.served_code() not in (None, code_version()):
+            log.warning("the sandbox service in %s runs older code: restarting it (its hosts keep running)",
+                        self.state_dir)
+            self.stop()
         if self.running:
             if self.eodata and (self.state() or {}).get("eodata") != str(self.eodata):
                 raise UserError(f"the sandbox in {self.state_dir} already runs with another eodata folder; "
@@ -126,8 +142,8 @@ class Sandbox:
             cmd += ["--eodata", str(self.eodata)]
         repo = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        with open(self.log_file, "ab") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.state_dir, env=env)
         self.pid_file.write_text(f"{proc.pid}\n")
         try:
@@ -153,6 +169,13 @@ class Sandbox:
                     pass
             time.sleep(0.1)
         raise CbmError(f"the sandbox service did not answer within {timeout:.0f} s; see {self.log_file}")
+
+    def served_code(self) -> str | None:
+        """The code version the running service was started with (None before it is ready)."""
+        try:
+            return json.loads((self.state_dir / "ready").read_text()).get("code")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def write_clouds_yaml(self) -> Path:
         st = self.state()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from provision.sandbox import hostimage
 from provision.sandbox.cloud import Cloud, register_all
+from provision.sandbox.control import code_version
 from provision.sandbox.http import make_server
 
 log = logging.getLogger("provision.sandbox")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("sandbox %s listening on http://127.0.0.1:%d", cloud.data["instance"], args.port)
-    (Path(args.state_dir) / "ready").write_text(str(args.port))
+    (Path(args.state_dir) / "ready").write_text(json.dumps({"port": args.port, "code": code_version()}))
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
