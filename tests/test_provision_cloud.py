@@ -359,3 +359,27 @@ def test_a_keypair_that_is_not_provably_ours_is_left_alone(sandbox, tmp_path):
         assert not [s for s in d.owned()["servers"]]
     finally:
         d.conn.compute.delete_keypair("cbm-tpk-key", ignore_missing=True)
+
+
+def test_ambiguous_names_and_duplicates_are_errors_not_guesses(sandbox, tmp_path):
+    c = sandbox.connect()
+    nets = [c.network.create_network(name="tpa-twin") for _ in range(2)]
+    d = Deployment(sandbox, tmp_path, "tpa", workers=0,
+                   networks={"private": "tpa-twin", "eodata": "eodata", "floating_pool": "external"})
+    groups = []
+    try:
+        assert_one_line_error(d.cbm("plan", check=False), "'networks.private'", "ambiguous", code=2)
+        spec = yaml.safe_load(d.spec.read_text())
+        spec["networks"]["private"] = "cbm-private"
+        d.spec.write_text(yaml.safe_dump(spec))
+        # two groups that both carry this deployment's mark: which one is right is not guessed
+        groups = [c.network.create_security_group(name=f"tpa-{i}") for i in range(2)]
+        for g in groups:
+            c.network.set_tags(g, ["cbm-deployment=tpa"])
+        err = assert_one_line_error(d.cbm("plan", check=False), "ambiguous", "2 security groups", code=1)
+        assert groups[0].id in err and groups[1].id in err
+    finally:
+        for g in groups:
+            c.network.delete_security_group(g, ignore_missing=True)
+        for n in nets:
+            c.network.delete_network(n, ignore_missing=True)
