@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,10 +76,16 @@ def build(base: str = PRODUCTION_BASE, image: str = IMAGE, rebuild: bool = False
         ctx = Path(tmp)
         wheels = ctx / "wheels"
         pip = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels)]
-        for cmd in (pip + WORKER_REQUIREMENTS, pip + ["--no-deps", str(REPO)]):
+        # The project is copied first: building in the checkout would leave build/ behind.
+        source = ctx / "source"
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "bench", "tests", "__pycache__", "*.egg-info", ".pytest_cache"))
+        for cmd in (pip + WORKER_REQUIREMENTS, pip + ["--no-deps", str(source)]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise CbmError(f"building the extractor wheelhouse failed: {proc.stderr.strip().splitlines()[-1:]}")
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                raise CbmError(f"building the extractor wheelhouse failed: {tail}")
+        shutil.rmtree(source)
         (ctx / "Dockerfile").write_text(DOCKERFILE.format(
             base=base, requirements=" ".join(WORKER_REQUIREMENTS), label=LABEL, recipe=recipe))
         proc = subprocess.run(["docker", "build", "-q", "-t", image, str(ctx)], capture_output=True, text=True,
