@@ -27,6 +27,9 @@ from provision import inventory, owner, state
 from provision.cloud import api, connect, describe, read, resolve, wait_for
 from provision.progress import console, step
 
+# Server states `up` does not undo by itself (they were chosen by someone): status -> the command that undoes it.
+PARKED = {"SUSPENDED": "resume", "PAUSED": "unpause", "SHELVED": "unshelve", "SHELVED_OFFLOADED": "unshelve",
+          "RESCUE": "unrescue"}
 SWARM_PORTS = (("tcp", 2377), ("tcp", 7946), ("udp", 7946), ("udp", 4789))
 
 
@@ -270,7 +273,16 @@ class _Up:
                     pending.append(server)
             else:
                 self._check_flavor(server, flavor_name)
-                if (server.status or "").upper() != "ACTIVE":
+                status = (server.status or "").upper()
+                if status == "SHUTOFF":
+                    if self.change("start", "server", server.name, "it is shut off"):
+                        with api(f"starting server {server.name}"):
+                            self.conn.compute.start_server(server)
+                        pending.append(server)
+                elif status in PARKED:
+                    raise CbmError(f"server {server.name} is {status}: resume it in the cloud (openstack server "
+                                   f"{PARKED[status]} {server.id}) and run `cbm up` again")
+                elif status != "ACTIVE":
                     pending.append(server)
             result[(role, index)] = server
         # Workers beyond the spec's count (the count went down): remove them.

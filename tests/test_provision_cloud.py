@@ -194,6 +194,16 @@ def test_plan_after_a_manual_deletion_shows_exactly_that(dep):
     assert dep.cbm("plan").stdout.startswith("No changes")
     assert dep.ssh(f"{dep.prefix}-worker-2", "hostname").strip() == f"{dep.prefix}-worker-2"
 
+    # a server someone shut off is started again
+    worker = c.compute.find_server(f"{dep.prefix}-worker-1")
+    c.compute.stop_server(worker)
+    c.compute.wait_for_server(worker, status="SHUTOFF", interval=0.3, wait=60)
+    plan = [line for line in dep.cbm("plan").stdout.splitlines() if line.startswith("    ")]
+    assert len(plan) == 1 and "start" in plan[0] and f"{dep.prefix}-worker-1" in plan[0], plan
+    dep.cbm("up")
+    assert c.compute.get_server(worker.id).status == "ACTIVE"
+    assert dep.ssh(f"{dep.prefix}-worker-1", "hostname").strip() == f"{dep.prefix}-worker-1"
+
 
 def test_down_keep_volume_then_up_finds_the_files(dep, foreign):
     before = {v.id for v in dep.owned()["volumes"]} - {foreign["volume"].id}
