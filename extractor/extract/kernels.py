@@ -223,3 +223,13 @@ def reference_stats(values: np.ndarray) -> tuple | None:
         return None
     p25, p50, p75 = np.percentile(v, [25, 50, 75])
     return (v.size, v.mean(), v.std(), v.min(), v.max(), p25, p50, p75)
+
+
+def warm_up(dtype, histogram: bool) -> None:
+    """Load (or compile) the kernels for this band type once per process, not inside a scene."""
+    img = np.ones((1, 1), dtype=dtype)
+    runs = (np.zeros(1, np.int32), np.zeros(1, np.int32), np.ones(1, np.int32), np.array([0, 1], np.int64))
+    if histogram:
+        class_histograms(img, *runs, 2)
+    else:
+        zonal_stats(img, *runs)

@@ -189,6 +189,8 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
     done = 0
     try:
         ctx = make_context(conn, settings, card, res, aoi or x.aoi, parcels or x.parcels, start or x.start, end or x.end)
+        kernels.warm_up(np.uint8 if ctx.spec.histogram else (np.uint16 if card == "s2" else np.float32),
+                        ctx.spec.histogram)
         out(f"worker {ctx.owner}: card {card} run {res} ({', '.join(ctx.spec.codes)}), parcels {ctx.source.name}"
             f" ({ctx.aoi_pids.size} in AOI {ctx.filters.aoi})")
         while True:
