@@ -141,48 +141,74 @@ def _quantiles_u16(vals, m, out):
         out[5 + j] = _lerp(stat[2 * j], stat[2 * j + 1], ts[j])
 
 
+@njit(cache=True, nogil=True)
+def _parcel_basic(img, rows, cols, lens, offsets, p, row):
+    """Gather the valid pixels of parcel p; fills count, mean, std, min, max into row[0:5].
+    Returns the values (first m are valid) and m."""
+    n = 0
+    for k in range(offsets[p], offsets[p + 1]):
+        n += lens[k]
+    vals = np.empty(n, dtype=img.dtype)
+    m = 0
+    total = 0.0
+    vmin = np.inf
+    vmax = -np.inf
+    for k in range(offsets[p], offsets[p + 1]):
+        r = rows[k]
+        c0 = cols[k]
+        for c in range(c0, c0 + lens[k]):
+            v = img[r, c]
+            if v != 0 and v == v:
+                vals[m] = v
+                total += v
+                if v < vmin:
+                    vmin = v
+                if v > vmax:
+                    vmax = v
+                m += 1
+    if m == 0:
+        return vals, 0
+    mean = total / m
+    ss = 0.0
+    for i in range(m):
+        d = vals[i] - mean
+        ss += d * d
+    row[0] = m
+    row[1] = mean
+    row[2] = np.sqrt(ss / m)
+    row[3] = vmin
+    row[4] = vmax
+    return vals, m
+
+
+# One parallel kernel per percentile method (numba caches these; a function argument would not be).
 @njit(parallel=True, cache=True, nogil=True)
-def _zonal_stats(img, rows, cols, lens, offsets, quantiles):
-    nparcels = offsets.shape[0] - 1
-    out = np.zeros((nparcels, 8), dtype=np.float64)
-    for p in prange(nparcels):
-        n = 0
-        for k in range(offsets[p], offsets[p + 1]):
-            n += lens[k]
-        if n == 0:
-            continue
-        vals = np.empty(n, dtype=img.dtype)
-        m = 0
-        total = 0.0
-        vmin = np.inf
-        vmax = -np.inf
-        for k in range(offsets[p], offsets[p + 1]):
-            r = rows[k]
-            c0 = cols[k]
-            for c in range(c0, c0 + lens[k]):
-                v = img[r, c]
-                if v != 0 and v == v:
-                    vals[m] = v
-                    total += v
-                    if v < vmin:
-                        vmin = v
-                    if v > vmax:
-                        vmax = v
-                    m += 1
-        if m == 0:
-            continue
-        mean = total / m
-        ss = 0.0
-        for i in range(m):
-            d = vals[i] - mean
-            ss += d * d
-        row = out[p]
-        row[0] = m
-        row[1] = mean
-        row[2] = np.sqrt(ss / m)
-        row[3] = vmin
-        row[4] = vmax
-        quantiles(vals, m, row)
+def _zonal_stats_u16(img, rows, cols, lens, offsets):
+    out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
+    for p in prange(offsets.shape[0] - 1):
+        vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
+        if m:
+            _quantiles_u16(vals, m, out[p])
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _zonal_stats_f32(img, rows, cols, lens, offsets):
+    out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
+    for p in prange(offsets.shape[0] - 1):
+        vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
+        if m:
+            _quantiles_f32(vals, m, out[p])
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _zonal_stats_sorted(img, rows, cols, lens, offsets):
+    out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
+    for p in prange(offsets.shape[0] - 1):
+        vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
+        if m:
+            _quantiles_sorted(vals, m, out[p])
     return out
 
 
@@ -191,12 +217,10 @@ def zonal_stats(img, rows, cols, lens, offsets) -> np.ndarray:
     Percentiles: a histogram selection for unsigned integer bands (S2 DN), a radix sort for
     float32 (S1), a comparison sort otherwise; all give numpy.percentile's 'linear' values."""
     if img.dtype in (np.uint8, np.uint16):
-        quantiles = _quantiles_u16
-    elif img.dtype == np.float32:
-        quantiles = _quantiles_f32
-    else:
-        quantiles = _quantiles_sorted
-    return _zonal_stats(img, rows, cols, lens, offsets, quantiles)
+        return _zonal_stats_u16(img, rows, cols, lens, offsets)
+    if img.dtype == np.float32:
+        return _zonal_stats_f32(img, rows, cols, lens, offsets)
+    return _zonal_stats_sorted(img, rows, cols, lens, offsets)
 
 
 @njit(parallel=True, cache=True, nogil=True)
