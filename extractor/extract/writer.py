@@ -79,6 +79,12 @@ def copy_sigs(cur, settings, obsid: int, pids: np.ndarray, bands: list[tuple[str
     return rows
 
 
+def hist_json(counts: np.ndarray) -> str:
+    """{"4": 120, "5": 3}: the seed's hist format, classes with pixels only (what _hists_text writes)."""
+    nz = np.flatnonzero(counts)
+    return "{" + ", ".join(f'"{c}": {counts[c]}' for c in nz) + "}"
+
+
 @njit(cache=True)
 def _digits(buf, pos, value):
     if value < 0:
