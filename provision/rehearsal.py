@@ -161,7 +161,8 @@ def main() -> int:
     parser.parse_args()
     t0 = time.monotonic()
     sandbox = Sandbox()
-    eodata = sandbox.state_dir / "eodata"
+    # Generated once and reused: a cache, outside the sandbox's state (which --purge removes).
+    eodata = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cbm" / "rehearsal-eodata"
     env = {**os.environ}
     env.pop("CBM_CONFIG", None)
     steps = Steps(env)
