@@ -21,7 +21,7 @@ def world(tmp_path_factory):
 
 
 def run(env, card, res, *more):
-    proc = run_cbm("extract", "run", "-vv", "--card", card, "--res", str(res), *more, env=env)
+    proc = run_cbm("extract", "run", "--card", card, "--res", str(res), *more, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc
 
