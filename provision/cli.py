@@ -10,9 +10,12 @@ def register(sub) -> None:
     from provision import configure, onboard, status, upgrade
     from provision.sandbox import cli as sandbox_cli
 
-    p = add_command(sub, "up", cmd_up, help="create or repair a deployment's cloud resources (idempotent)")
+    p = add_command(sub, "up", cmd_up, help="create or repair a deployment's cloud resources, then configure its "
+                                             "hosts (Docker on the volume, PostGIS, schema, swarm); idempotent")
     p.add_argument("spec", metavar="SPEC", help="deployment spec (e.g. inventories/<name>/deployment.yml)")
     p.add_argument("--dry-run", action="store_true", help="only print what would change (same as `cbm plan`)")
+    p.add_argument("--no-configure", action="store_true",
+                   help="only the cloud resources; configure later with `cbm configure SPEC`")
     p = add_command(sub, "plan", cmd_plan, help="print what `cbm up` would change; touches nothing")
     p.add_argument("spec", metavar="SPEC", help="deployment spec")
     p = add_command(sub, "down", cmd_down, help="delete exactly what a deployment created in the cloud")
@@ -61,8 +64,11 @@ def cmd_up(args) -> int:
 
     spec = specs.load(args.spec)
     provision_up(spec, dry_run=args.dry_run)
-    # Hook: configuration (provision/configure.py) chains here in the end-to-end `cbm up`.
-    return 0
+    if args.dry_run or args.no_configure:
+        return 0
+    from provision import configure
+
+    return configure.configure(spec)
 
 
 def cmd_plan(args) -> int:
