@@ -391,6 +391,11 @@ def create_host(name: str, *, authorized_keys: str, network: str | None = None, 
             args += ["--ip", ip]
     for src, dst, ro in mounts:
         args += ["-v", f"{src}:{dst}:{'ro' if ro else 'rw'}"]
+    if not any(dst == "/data" for _, dst, _ in mounts):
+        # A VM's root disk is ext4; the container's is overlayfs, where a nested dockerd cannot keep
+        # its data-root (/data/docker on hosts without a data volume). An anonymous volume stands in
+        # for that part of the root disk; an attached data volume is mounted over it.
+        args += ["-v", "/data"]
     args.append(image)
     cid = _docker(*args).stdout.strip()
     write_guest_file(cid, "authorized_keys", authorized_keys.rstrip("\n") + "\n")
