@@ -8,6 +8,7 @@ its floating IP, the workers on their private IP through the manager (a ProxyCom
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import time
@@ -23,6 +24,8 @@ from paramiko.ssh_exception import AuthenticationException, SSHException
 from cbm.errors import CbmError, UserError
 
 GROUPS = ("manager", "workers")
+# paramiko logs every failed attempt with a traceback; the one-line errors below say what failed.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
