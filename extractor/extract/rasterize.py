@@ -40,7 +40,7 @@ from extractor.extract.cards import PARCEL_SQL, SceneError
 log = logging.getLogger(__name__)
 
 BLOCK = 4096
-CACHE_BYTES = 1 << 30  # decoded blocks kept in a worker's memory
+CACHE_BYTES = 512 << 20  # decoded blocks kept in a worker's memory
 
 
 @dataclass(frozen=True)

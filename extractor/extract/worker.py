@@ -24,6 +24,7 @@ from extractor.extract import cards, claims, kernels, rasterize, sources, writer
 from extractor.extract.cards import EXTRACTED, NO_PARCELS, SceneError
 
 log = logging.getLogger(__name__)
+SCENE_MEMO = 4  # scene extents whose parcel runs a worker keeps (tiles come back on the next date)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Context:
     aoi_pids: np.ndarray
     owner: str = field(default_factory=claims.worker_id)
     cache: rasterize.GridCache = field(default_factory=rasterize.GridCache)
+    scene_memo: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -99,18 +101,34 @@ def _csr(rows, cols, lens, pids):
     return rows, cols, lens, uniq.astype(np.int32), offsets
 
 
-def compute(ctx: Context, files, grid, grid_id, conn) -> tuple:
-    """Read the window under the parcels and compute; returns (pids, results) or None (no parcels)."""
+def scene_runs(ctx: Context, grid, grid_id: int, conn):
+    """The window under the AOI's parcels in this scene and their runs grouped per parcel (CSR),
+    or None. Kept per worker for the last few scene extents: the next date of a tile reuses it."""
     key = rasterize.grid_key(grid.crs, grid.transform)
     r0, c0 = key.origin(grid.transform)
+    memo_key = (grid_id, r0, c0, grid.height, grid.width)
+    if memo_key in ctx.scene_memo:
+        return ctx.scene_memo[memo_key]
     rows, cols, lens, pids = ctx.cache.runs(conn, ctx.settings, grid_id, r0, c0, grid.height, grid.width)
     keep = np.isin(pids, ctx.aoi_pids)
     rows, cols, lens, pids = rows[keep], cols[keep], lens[keep], pids[keep]
-    if pids.size == 0:
+    result = None
+    if pids.size:
+        wr0, wc0 = int(rows.min()), int(cols.min())
+        window = Window(wc0, wr0, int((cols + lens).max()) - wc0, int(rows.max()) + 1 - wr0)
+        result = (window, *_csr(rows - wr0, cols - wc0, lens, pids))
+    if len(ctx.scene_memo) >= SCENE_MEMO:
+        ctx.scene_memo.pop(next(iter(ctx.scene_memo)))
+    ctx.scene_memo[memo_key] = result
+    return result
+
+
+def compute(ctx: Context, files, grid, grid_id, conn) -> tuple:
+    """Read the window under the parcels and compute; returns (pids, results) or None (no parcels)."""
+    prepared = scene_runs(ctx, grid, grid_id, conn)
+    if prepared is None:
         return None
-    wr0, wc0 = int(rows.min()), int(cols.min())
-    window = Window(wc0, wr0, int((cols + lens).max()) - wc0, int(rows.max()) + 1 - wr0)
-    rows, cols, lens, upids, offsets = _csr(rows - wr0, cols - wc0, lens, pids)
+    window, rows, cols, lens, upids, offsets = prepared
     reader = sources.BandReader(ctx.settings, files, window)
     results = []
     timing = {"read": 0.0, "stats": 0.0}
