@@ -10,7 +10,7 @@ import pytest
 from rasterio import Affine
 
 from conftest import run_cbm
-from extract_helpers import (EPSG, N10, X0, Y0, extract_env, init_db, make_world, parcel_geometries,
+from extract_helpers import (EPSG, X0, Y0, extract_env, init_db, make_world, parcel_geometries,
                              pixel_values, scene_id, sigs)
 from extractor.extract.kernels import reference_stats
 

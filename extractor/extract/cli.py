@@ -6,7 +6,6 @@ group (e.g. `cbm extract swarm SPEC`): `group = extract_cli.register(sub); add_c
 
 from __future__ import annotations
 
-import time
 
 from cbm.cli import add_command, add_group
 from cbm.errors import UserError
