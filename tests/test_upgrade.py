@@ -82,9 +82,6 @@ def dep(live_deployment):
     """The live deployment with a 2-replica service spread over the workers (a tiny image made on
     each worker from its own files: nothing is pulled)."""
     dep = live_deployment
-    if "Leader" not in dep.ssh("manager", 0, NODES, check=False):
-        # The fixture's `cbm up` does not configure the hosts (yet): configure them once here.
-        dep.cbm("configure", str(dep.spec), timeout=2400)
     for i in range(len(worker_names(dep))):
         dep.ssh("workers", i, f"sudo docker image inspect {IMAGE} >/dev/null 2>&1 || sudo tar -C / -chf - "
                               "usr/bin/sleep lib/x86_64-linux-gnu/libc.so.6 lib64/ld-linux-x86-64.so.2 "
