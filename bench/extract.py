@@ -158,6 +158,18 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t0
 
 
+REPEAT = 3  # short measurements: best of REPEAT (this machine is shared; ours and the peers alike)
+
+
+def best_of(fn, *a, **kw):
+    best, out = float("inf"), None
+    for _ in range(REPEAT):
+        out = None
+        out, t = timed(fn, *a, **kw)
+        best = min(best, t)
+    return out, best
+
+
 def read_bands(paths, window=None, threads="ALL_CPUS") -> list[np.ndarray]:
     import rasterio
 
@@ -233,7 +245,7 @@ def main(argv: list[str]) -> int:
         log(f"rasterized parcels (prepare, once per zone): 10 m {t_r10:.1f} s, 20 m {t_r20:.1f} s")
 
         # bands in memory (GeoTIFF read = the floor for the in-memory stats target)
-        arrays, t_tif = timed(read_bands, tif)
+        arrays, t_tif = best_of(read_bands, tif)
         results["geotiff_read"] = t_tif
         from rasterio import Affine
 
@@ -242,9 +254,8 @@ def main(argv: list[str]) -> int:
         rows, cols, lens, pids = cache.runs(conn, settings, grid10, r0, c0, N, N)
         rows, cols, lens, upids, offsets = worker._csr(rows, cols, lens, pids)
         kernels.zonal_stats(arrays[0][:8, :8].copy(), rows[:0], cols[:0], lens[:0], offsets[:1])  # compile/cache
-        t0 = time.perf_counter()
-        stats = [kernels.zonal_stats(a, rows, cols, lens, offsets) for a in arrays]
-        results["ours_stats"] = time.perf_counter() - t0
+        stats, results["ours_stats"] = best_of(lambda: [kernels.zonal_stats(a, rows, cols, lens, offsets)
+                                                         for a in arrays])
         npix = int(lens.sum())
         log(f"stats, {upids.size} parcels x 4 bands ({npix / 1e6:.0f} M pixels per band), bands in memory: "
             f"{results['ours_stats']:.2f} s; reading the 4 bands from GeoTIFF: {t_tif:.2f} s")
@@ -260,13 +271,12 @@ def main(argv: list[str]) -> int:
 
         rs_geoms = [shapely.from_wkb(geoms[i]) for i in ids]
         affine = Affine(10, 0, X0, 0, -10, Y0)
-        t0 = time.perf_counter()
-        for a in arrays:
-            zonal_stats(rs_geoms, a, affine=affine, nodata=0,
-                        stats="count mean std min max percentile_25 percentile_50 percentile_75")
-        t_rs = (time.perf_counter() - t0) * upids.size / len(ids)
+        _, t = best_of(lambda: [zonal_stats(rs_geoms, a, affine=affine, nodata=0,
+                                            stats="count mean std min max percentile_25 percentile_50 percentile_75")
+                                for a in arrays])
+        t_rs = t * upids.size / len(ids)
         results["rasterstats"] = t_rs
-        log(f"rasterstats: {len(ids)} parcels x 4 bands in {time.perf_counter() - t0:.1f} s -> "
+        log(f"rasterstats (in-memory bands): {len(ids)} parcels x 4 bands in {t:.1f} s -> "
             f"{t_rs:.0f} s extrapolated to {upids.size} parcels")
 
         from exactextract import exact_extract
@@ -278,24 +288,25 @@ def main(argv: list[str]) -> int:
                   "geometry": shapely.geometry.mapping(shapely.from_wkb(geoms[i]))} for i in ids]
         rasters = [NumPyRasterSource(a, X0, Y0 - N * 10, X0 + N * 10, Y0, nodata=0, name=b)
                    for a, b in zip(arrays, BANDS)]
-        t0 = time.perf_counter()
-        exact_extract(rasters, JSONFeatureSource(feats), ["count", "mean", "stdev", "min", "max",
-                                                          "quantile(q=0.25)", "median", "quantile(q=0.75)"])
-        t_ee = (time.perf_counter() - t0) * upids.size / len(ids)
+        _, t = best_of(exact_extract, rasters, JSONFeatureSource(feats),
+                       ["count", "mean", "stdev", "min", "max", "quantile(q=0.25)", "median", "quantile(q=0.75)"])
+        t_ee = t * upids.size / len(ids)
         results["exactextract"] = t_ee
-        log(f"exactextract: {len(ids)} parcels x 4 bands in {time.perf_counter() - t0:.1f} s -> "
+        log(f"exactextract (in-memory bands): {len(ids)} parcels x 4 bands in {t:.1f} s -> "
             f"{t_ee:.0f} s extrapolated to {upids.size} parcels")
 
         # COPY into sigs (the stats above, as one scene)
+        t_copy = float("inf")
         with conn.cursor() as cur:
-            t0 = time.perf_counter()
-            nrows = writer.copy_sigs(cur, settings, 999_999, upids, list(zip(BANDS, stats)))
-            conn.commit()
-            t_copy = time.perf_counter() - t0
-            cur.execute("DELETE FROM sigs WHERE obsid = 999999")
+            for i in range(REPEAT):
+                t0 = time.perf_counter()
+                nrows = writer.copy_sigs(cur, settings, 999_990 + i, upids, list(zip(BANDS, stats)))
+                conn.commit()
+                t_copy = min(t_copy, time.perf_counter() - t0)
+            cur.execute("DELETE FROM sigs WHERE obsid >= 999990")
             conn.commit()
         results["copy_rate"] = nrows / t_copy
-        log(f"COPY into sigs: {nrows} rows in {t_copy:.2f} s")
+        log(f"COPY into sigs (3 seed indexes on sigs): {nrows} rows in {t_copy:.2f} s")
         del arrays, stats
 
         # decoding only: the same JP2 windows as the worker reads, same GDAL threads
@@ -305,7 +316,7 @@ def main(argv: list[str]) -> int:
         window = Window(wc0, wr0, int((cols + lens).max()) - wc0, int(rows.max()) + 1 - wr0)
         _, t_dec = timed(read_bands, jp2, window)
         _, t_dec1 = timed(read_bands, jp2[:1], window, "1")
-        _, t_scl = timed(read_bands, scl_jp2)
+        _, t_scl = best_of(read_bands, scl_jp2)
         log(f"JP2 decode of the 4 windows ({window.width}x{window.height}), all cores: {t_dec:.1f} s "
             f"(one band single-threaded: {t_dec1:.1f} s); SCL band: {t_scl:.1f} s")
 
