@@ -158,3 +158,8 @@ def test_rasterization_store_disk_full(dbenv, world, full_tablespace):
     again = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
     assert again.returncode == 0, again.stderr
     assert dbenv.query("SELECT status, attempts FROM extraction_runs") == [("extracted", 2)]
+
+
+def test_database_without_the_extraction_tables(dbenv, world):
+    proc = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=extract_env(dbenv, world))
+    assert_one_line_error(proc, "is missing", "cbm db init", code=2)

@@ -83,6 +83,10 @@ def aoi_parcels(conn, settings, source: rasterize.ParcelSource, aoi: str) -> np.
 def make_context(conn, settings, card: str, res: int, aoi, parcels, start, end) -> Context:
     spec = cards.run_spec(settings, card, res)
     cards.card_runs(settings, card)
+    for name in (settings.tables.catalogue, "extraction_runs", "extract_grids", "extract_grid_blocks"):
+        if not db.table_exists(conn, settings, name):
+            raise UserError(f"table {settings.db.schema}.{name} is missing in {db.describe(settings)}; run cbm db init")
+    conn.commit()
     if not parcels:
         raise UserError("no parcel table given; pass --parcels TABLE or set extract.parcels")
     filters = check_filters(conn, settings, aoi, start, end)
