@@ -19,7 +19,6 @@ Exit codes: 0 every host upgraded and every node as active as before; 2 a host f
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 from cbm.cli import add_command
 from cbm.errors import CbmError, UserError
@@ -136,7 +135,10 @@ def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = 
     if backup and not check:
         from extractor import backup as db_backup
 
-        db_backup.cmd_backup(SimpleNamespace(spec=spec_path, out=None, config=config))
+        dump, facts = db_backup.run_backup(spec_path, config=config)
+        print(f"backup: {dump} ({db_backup.human_size(facts['size'])}, database {facts['database']} of "
+              f"{db_backup.human_size(facts['db_size'])} at {facts['where']}, {facts['seconds']:.1f} s)",
+              file=out, flush=True)
     elif not check:
         print("database backup skipped (--no-backup)", file=out, flush=True)
 
