@@ -29,12 +29,10 @@ import yaml
 
 from cbm.cli import add_command
 from cbm.errors import CbmError, UserError
-from provision import ssh, state
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOKS = REPO / "playbooks"
 ROLES = REPO / "roles"
-PASSWORD_FILE = "db_password"
 EXTRA_VARS_FILE = "configure.yml"
 
 
@@ -61,23 +59,18 @@ def inventory_path(spec) -> Path:
 
 def password_file(name: str) -> Path:
     """The postgres password of the deployment (generated once, 0600, in its state folder)."""
-    path = state.state_dir(name) / PASSWORD_FILE
+    from provision import deployment, state
+
+    path = deployment.password_file(name)
+    state.state_dir(name)  # the folder, 0700
     if not path.exists():
         state.write_private(path, secrets.token_urlsafe(24))
     return path
 
 
-def database_env(spec) -> dict[str, str]:
-    """Environment for `cbm` data commands (and libpq tools) against the deployment's PostGIS."""
-    hosts = ssh.read_inventory(inventory_path(spec))
-    manager = next(h for h in hosts if h.group == "manager")
-    return {"PGHOST": manager.address, "PGPORT": str(spec.db_port), "PGUSER": "postgres",
-            "PGDATABASE": "postgres", "CBM_DB_HOST": manager.address, "CBM_DB_PORT": str(spec.db_port),
-            "CBM_DB_USER": "postgres", "CBM_DB_NAME": "postgres",
-            "CBM_DB_PASSWORD_FILE": str(password_file(spec.name))}
-
-
 def extra_vars(spec) -> dict:
+    from provision import state
+
     values = {}
     path = spec.path.parent / EXTRA_VARS_FILE
     if path.exists():
@@ -94,6 +87,8 @@ def extra_vars(spec) -> dict:
 
 
 def new_run_dir(name: str) -> Path:
+    from provision import state
+
     runs = state.state_dir(name) / "runs"
     runs.mkdir(mode=0o700, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -116,6 +111,8 @@ def run_playbook(spec, playbook: str, extravars: dict | None = None, check: bool
     """Run one of playbooks/ on the deployment through ansible-runner (the only runner of the project):
     returns 0, or raises CbmError naming the host, task and artifacts (exit code = runner rc)."""
     import ansible_runner
+
+    from provision import ssh
 
     out = out or sys.stdout
     inventory = inventory_path(spec)
