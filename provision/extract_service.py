@@ -20,7 +20,7 @@ import time
 from cbm.errors import CbmError, UserError
 
 SERVICE_PREFIX = "cbm-extract"
-IDLE_LIMIT = 300.0  # seconds without progress and without a running task before we give up
+STUCK_AFTER = 180.0  # seconds without progress and without a live claim before we look at the tasks
 
 
 def service_name(card: str, res: int) -> str:
@@ -79,11 +79,34 @@ def _playbook(spec, extravars: dict, out) -> None:
         raise
 
 
-def follow(settings, dep, card: str, res: int, name: str, poll: float, out) -> dict:
-    """Wait until the run has nothing left; show progress. Returns the last progress row."""
+def service_failure(dep, name: str) -> str | None:
+    """Why the service's tasks fail, if they do: the last task error and log line; None if a task runs."""
+    from provision.deployment import manager_ssh
+
+    tasks = service_tasks(dep, name)
+    if any(t.get("CurrentState", "").startswith(("Running", "Starting", "Preparing", "Assigned", "Pending"))
+           for t in tasks if t.get("DesiredState") == "Running"):
+        return None
+    errors = [t.get("Error") for t in tasks if t.get("Error")]
+    conn = manager_ssh(dep)
+    try:
+        cmd = f"docker service logs --raw --tail 5 {name}"
+        logs = conn.run(f"{cmd} 2>&1 || sudo -n {cmd} 2>&1", hide=True, warn=True, in_stream=False, timeout=30).stdout
+    finally:
+        conn.close()
+    last = [line.strip() for line in logs.splitlines() if line.strip()]
+    return "; ".join(x for x in (errors[0] if errors else "", f"last log line: {last[-1]}" if last else "") if x) \
+        or "no task runs"
+
+
+def follow(settings, dep, card: str, res: int, name: str, poll: float) -> dict:
+    """Wait until the run has nothing left, showing progress; returns the last progress row.
+
+    Live claims (leases) in the database mean workers are busy. No progress and no live claim for
+    STUCK_AFTER seconds: the service's tasks are asked why (e.g. they cannot reach the database)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    last_done, last_change = -1, time.monotonic()
+    last_done, last_busy = -1, time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), transient=False) as bar:
         row = progress_of(settings, card, res)
@@ -97,16 +120,13 @@ def follow(settings, dep, card: str, res: int, name: str, poll: float, out) -> d
             if row["left"] == 0:
                 return row
             done = row["done"] + row["failed"]
-            if done != last_done:
-                last_done, last_change = done, time.monotonic()
-            elif time.monotonic() - last_change > IDLE_LIMIT:
-                tasks = service_tasks(dep, name)
-                running = [t for t in tasks if t.get("CurrentState", "").startswith("Running")]
-                if not running:
-                    errors = sorted({t.get("Error") for t in tasks if t.get("Error")})
-                    raise CbmError(f"service {name} has no running task and {row['left']} scene(s) are left"
-                                   + (f": {errors[0]}" if errors else "") + "; see docker service ps on the manager")
-                last_change = time.monotonic()
+            if done != last_done or row["running"]:
+                last_done, last_busy = done, time.monotonic()
+            elif time.monotonic() - last_busy > STUCK_AFTER:
+                why = service_failure(dep, name)
+                if why:
+                    raise CbmError(f"service {name}: {row['left']} scene(s) left but its workers fail: {why}")
+                last_busy = time.monotonic()
             time.sleep(poll)
 
 
@@ -156,7 +176,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                               "extractor_service_env": env}, out)
         t0 = time.monotonic()
         try:
-            row = follow(settings, dep, card, r, name, poll, out)
+            row = follow(settings, dep, card, r, name, poll)
         finally:
             _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out)
         out(f"   {name}: {row['done']} scene(s) done, {row['failed']} failed, {row['rows']:,} rows "
