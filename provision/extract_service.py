@@ -154,7 +154,11 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     base = base_image or configure.extra_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
     out(f"== extractor image (base {base})")
     image = extractor_image.build(base=base)
-    archive = extractor_image.save(image, dep.state_dir / "images" / f"{image.replace('/', '_').replace(':', '-')}.tar")
+    archive = dep.state_dir / "images" / f"{image.replace('/', '_').replace(':', '-')}.tar"
+    if not archive.exists():  # the tag names the content: an archive of it is never stale
+        for old in archive.parent.glob("cbm_extractor-*.tar"):
+            old.unlink()
+        extractor_image.save(image, archive)
     env = {"CBM_EXTRACT_AOI": aoi, "CBM_EXTRACT_PARCELS": parcels}
     if start:
         env["CBM_EXTRACT_START"] = str(start)

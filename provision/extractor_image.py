@@ -23,7 +23,7 @@ from cbm.errors import CbmError
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGE = f"cbm/extractor:{__version__}"
+REPOSITORY = "cbm/extractor"  # tagged <version>-<recipe>: a code change is a new tag the hosts load
 PRODUCTION_BASE = "debian:bookworm-slim"
 LABEL = "cbm.extractor.recipe"
 # What a worker needs at run time; the cloud-side tools (openstacksdk, ansible, fabric) stay out.
@@ -66,9 +66,10 @@ def _image_recipe(image: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def build(base: str = PRODUCTION_BASE, image: str = IMAGE, rebuild: bool = False) -> str:
+def build(base: str = PRODUCTION_BASE, rebuild: bool = False) -> str:
     """Build the extractor image unless one with the same sources and base exists. Returns its name."""
     recipe = hashlib.sha256(f"{_sources_digest()} {base} {DOCKERFILE}".encode()).hexdigest()[:16]
+    image = f"{REPOSITORY}:{__version__}-{recipe[:10]}"
     if not rebuild and _image_recipe(image) == recipe:
         return image
     log.warning("building %s from %s", image, base)
@@ -98,8 +99,11 @@ def build(base: str = PRODUCTION_BASE, image: str = IMAGE, rebuild: bool = False
 
 def save(image: str, out: Path) -> Path:
     """`docker save` the image to a tarball (for `docker load` on hosts without a registry)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["docker", "save", "-o", str(out), image], capture_output=True, text=True)
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    proc = subprocess.run(["docker", "save", "-o", str(partial), image], capture_output=True, text=True)
     if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
         raise CbmError(f"docker save {image} failed: {proc.stderr.strip()}")
+    partial.rename(out)
     return out
