@@ -27,7 +27,7 @@ REPOSITORY = "cbm/extractor"  # tagged <version>-<recipe>: a code change is a ne
 PRODUCTION_BASE = "debian:bookworm-slim"
 LABEL = "cbm.extractor.recipe"
 # What a worker needs at run time; the cloud-side tools (openstacksdk, ansible, fabric) stay out.
-WORKER_REQUIREMENTS = ["numba", "numpy", "rasterio", "psycopg2-binary", "pyyaml", "rich"]
+WORKER_REQUIREMENTS = ["numba", "numpy", "rasterio", "psycopg2-binary", "pyyaml", "rich", "shapely", "pyogrio"]
 
 DOCKERFILE = """\
 FROM {base} AS build
