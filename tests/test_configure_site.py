@@ -200,7 +200,18 @@ def preseed_docker(container: str) -> None:
     assert on_host(container, "docker info --format '{{.DockerRootDir}}'") == "/var/lib/docker"
 
 
-# -- the tests, in order: cold run, no-change run, check mode, data survival, bad inputs --------
+# -- the tests, in order: check on fresh hosts, cold run, no-change run, check mode, data survival,
+#    bad inputs ----------------------------------------------------------------------------------
+def test_check_mode_on_fresh_hosts_changes_nothing(cluster):
+    proc, _ = cluster.configure(None, "--check")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    assert "check mode" in proc.stdout
+    assert re.search(r"Install the Docker Engine\n(\s+would change: \S+\n){3}", proc.stdout), proc.stdout
+    w1 = cluster.containers["cfgtest-worker-1"]
+    assert on_host(w1, "command -v docker || echo none") == "none"
+    assert on_host(cluster.containers[cluster.manager], "blkid -p /dev/vdb || echo blank") == "blank"
+
+
 def test_cold_run_configures_everything(cluster):
     proc, seconds = cluster.configure()
     cluster.times["cold"] = seconds
@@ -213,7 +224,7 @@ def test_cold_run_configures_everything(cluster):
     for container in cluster.containers.values():
         assert on_host(container, "docker info --format '{{.DockerRootDir}}'") == "/data/docker"
     manager = cluster.containers[cluster.manager]
-    assert on_host(manager, "findmnt -n -o SOURCE /data") == "/dev/vdb"
+    assert on_host(manager, "findmnt -n -o SOURCE --mountpoint /data | tail -n 1") == "/dev/vdb"
     assert re.search(r"^UUID=\S+\s+/data\s+ext4", on_host(manager, "cat /etc/fstab"), re.M)
     assert "RequiresMountsFor=/data" in on_host(manager, "cat /etc/systemd/system/docker.service.d/*.conf")
     # The PostGIS data volume lives under the relocated root.
@@ -243,7 +254,7 @@ def test_cold_run_configures_everything(cluster):
     runs = Path(cluster.env["XDG_STATE_HOME"]) / "cbm" / NAME / "runs"
     leaked = sh("grep", "-rl", "-F", password, str(runs), check=False).stdout.strip()
     assert leaked == "", f"password found in {leaked}"
-    assert len(list(runs.glob("*/artifacts/*/job_events"))) == 1
+    assert len(list(runs.glob("*/artifacts/*/job_events"))) == 2       # the check run, this run
 
     # The swarm: 3 ready nodes, labelled by role.
     nodes = on_host(manager, "docker node ls --format '{{.Hostname}} {{.Status}}'").splitlines()
@@ -340,7 +351,7 @@ def test_missing_volume_is_named(cluster):
     artifacts = Path(re.search(r"run artifacts: (\S+)\)", err).group(1))
     assert (artifacts / "job_events").is_dir()
     manager = cluster.containers[cluster.manager]
-    assert on_host(manager, "findmnt -n -o SOURCE /data") == "/dev/vdb"     # nothing undone
+    assert on_host(manager, "findmnt -n -o SOURCE --mountpoint /data | tail -n 1") == "/dev/vdb"     # nothing undone
 
 
 def test_port_taken_is_named(cluster):
