@@ -183,6 +183,7 @@ def main() -> int:
     steps.cbm("provision and configure 1 manager + 2 workers", "up", spec)
     with CatalogReplay(features=features) as cat:
         env["CBM_CATALOG_URL"] = cat.url
+        env["CBM_EODATA_ROOT"] = str(eodata)  # this machine sees the tree too: S1 grids are read here
         steps.cbm("onboard the Danish sample parcels", "onboard", spec, "--parcels", PARCELS, "--aoi", "dk",
                   "--from", START, "--to", END, "--cards", "s2,bs,c6")
     for card in ("s2", "bs", "c6"):
