@@ -190,3 +190,43 @@ def test_a_failing_node_is_reported_and_left_active(dep):
     assert all(a == "Active" for _, a in nodes(dep).values()), nodes(dep)
     assert not re.search(rf"^\s+{re.escape(workers[1])}\s+ok=", proc.stdout, re.M), "the next worker was upgraded"
     wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again")
+
+
+
+def test_a_host_lost_mid_upgrade_is_named_left_drained(dep):
+    """A worker that loses power while drained: Ansible runs nothing more on an unreachable host (no
+    rescue, no always), so cbm upgrade itself finds the drained node and says so in its exit."""
+    import subprocess
+
+    workers = worker_names(dep)
+    server_id = dep.hosts["children"]["workers"]["hosts"][workers[0]]["cbm_server_id"]
+    found = subprocess.run(["docker", "ps", "-q", "--filter", "label=cbm-sandbox", "--filter", f"name=-{server_id[:8]}$"],
+                           capture_output=True, text=True).stdout.split()
+    assert len(found) == 1, found
+    container = found[0]
+
+    def availability() -> str:
+        out = dep.ssh("manager", 0, NODES, check=False)
+        return next((line.split()[2] for line in out.splitlines() if line.split()[:1] == [workers[0]]), "")
+
+    proc = dep.background("upgrade", str(dep.spec), "--yes", "--no-backup")
+    try:
+        wait_for(lambda: availability() == "Drain" or proc.poll() is not None, f"{workers[0]} is drained", 600)
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        subprocess.run(["docker", "kill", container], check=True, capture_output=True)  # power cut
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["docker", "start", container], capture_output=True)  # power back
+    assert proc.returncode == 4, out[-6000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("cbm: error:") and "Traceback" not in out, out[-4000:]
+    assert f"LEFT DRAINED: {workers[0]}" in last and "docker node update --availability active" in last, last
+    assert availability() == "Drain"
+
+    # Bring it back as the message says (the deployment stays usable for the next tests).
+    wait_for(lambda: nodes(dep).get(workers[0], ("", ""))[0] == "Ready", f"{workers[0]} is back", timeout=300)
+    dep.ssh("manager", 0, f"sudo docker node update --availability active {workers[0]}")
+    assert all(v == ("Ready", "Active") for v in nodes(dep).values()), nodes(dep)
+    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again")
