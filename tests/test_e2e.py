@@ -142,3 +142,7 @@ def test_down_keep_volume_then_up_keeps_every_row(e2e):
     after = {s.id for s in e2e.sandbox.connect().compute.servers() if s.name.startswith("cbm-live")}
     assert after and not after & servers  # new hosts, same volume
     assert e2e.query(CHECKSUM) == before
+    # the swarm came back from the volume: exactly the new hosts, ready (the old ones forgotten)
+    nodes = e2e.ssh("manager", 0, "sudo docker node ls --format '{{.Hostname}} {{.Status}} {{.Availability}}'")
+    assert sorted(nodes.split("\n")[:-1]) == sorted(f"{name} Ready Active" for group in ("manager", "workers")
+                                                    for name in e2e.hosts["children"][group]["hosts"]), nodes
