@@ -2,7 +2,7 @@
 
 Each area of the project registers its own subcommands (see `register()` in
 extractor/cli.py and provision/cli.py); this module only wires them together and turns
-exceptions into one-line messages and exit codes (see cbm.errors).
+exceptions into one-line messages and exit codes (see extractor/errors.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 
 from cbm import __version__
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 # Modules that contribute subcommands, in the order they appear in `cbm --help`.
 COMMAND_MODULES = ("provision.cli", "extractor.cli")

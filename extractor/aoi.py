@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cbm.cli import add_command, add_group
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 POLYGONAL = ("Polygon", "MultiPolygon")

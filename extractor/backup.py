@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 from extractor import settings as settings_mod
 
 console = Console(stderr=True, highlight=False)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 log = logging.getLogger(__name__)
 

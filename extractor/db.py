@@ -11,7 +11,7 @@ import contextlib
 import psycopg2
 from psycopg2 import sql
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 from extractor.settings import Settings, check_identifier, read_secret_file
 
 

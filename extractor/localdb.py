@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 
 def pg_bindir() -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 GEOMETRY = "__cbm_wkb__"   # name of the WKB column in the batches we yield
 BATCH_SIZE = 16384   # features per COPY; bounds the memory for big files

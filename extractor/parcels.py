@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cbm.cli import add_command, add_group
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 CARDS = ("s2", "bs", "c6", "c12")
 INT32_MAX = 2**31 - 1

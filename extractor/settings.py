@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 # section -> key -> default. The type of the default is the type of the key (None = string).
 DEFAULTS: dict[str, dict[str, Any]] = {

@@ -17,7 +17,7 @@ import openstack
 import openstack.config
 from openstack import exceptions as os_exc
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 from provision.progress import Waiter
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from cbm.cli import add_command
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOKS = REPO / "playbooks"

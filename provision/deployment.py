@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 from extractor import settings as settings_mod
 from extractor.settings import Settings, read_secret_file
 from provision import spec as specs

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 SERVICE_PREFIX = "cbm-extract"
 STUCK_AFTER = 180.0  # seconds without progress and without a live claim before we look at the tasks

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cbm import __version__
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 from provision import state
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 RECORD = "onboarding.yml"
 

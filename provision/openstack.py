@@ -22,7 +22,7 @@ from pathlib import Path
 
 from openstack import exceptions as os_exc
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 from provision import inventory, owner, state
 from provision.cloud import api, connect, describe, read, resolve, wait_for
 from provision.progress import console, step

@@ -18,7 +18,7 @@
     tags: [agency-dk]                # added to every resource
     timeouts: {wait: 900, api: 60}   # optional, seconds
 
-Every error names the file and the key, on one line (cbm.errors.UserError).
+Every error names the file and the key, on one line (extractor.errors.UserError).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 DEFAULT_DB_PORT = 11039
 DEFAULT_SSH_USER = "eouser"

@@ -21,7 +21,7 @@ from fabric import Connection
 from invoke.exceptions import UnexpectedExit
 from paramiko.ssh_exception import AuthenticationException, SSHException
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 GROUPS = ("manager", "workers")
 # paramiko logs every failed attempt with a traceback; the one-line errors below say what failed.

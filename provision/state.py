@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 
 KEY_FILE = "id_ed25519"
 

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 from extractor.backup import human_size
 
 RUN_NAMES = {-1: "SCL hist", 10: "10 m", 20: "20 m"}

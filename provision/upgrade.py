@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 from cbm.cli import add_command
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 PLAYBOOK = "upgrade.yml"
 # The role's last task, whose message sums up each upgraded host.

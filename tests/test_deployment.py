@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 from conftest import assert_one_line_error, run_cbm
 from provision import deployment, inventory, spec as specs, state
 

@@ -202,7 +202,7 @@ def test_spec_with_unreachable_cloud_and_manager_still_reports_the_database(post
 def test_swarm_part_reaches_the_manager_over_ssh_with_the_deployment_key(tmp_path, monkeypatch):
     """A real sshd host (the sandbox's host image) without Docker: key auth works, the host key is pinned
     in the state folder, and the missing `docker node ls` becomes a one-line reason, not a traceback."""
-    from cbm.errors import CbmError
+    from extractor.errors import CbmError
     from provision import deployment, state
     from provision.sandbox import hostimage
     from test_deployment import write_deployment

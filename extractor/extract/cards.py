@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 # Statuses written to extraction_runs.status and dias_catalogue.status (all fit varchar(24)).
 INGESTED = "ingested"

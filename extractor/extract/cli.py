@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 from cbm.cli import add_command, add_group
-from cbm.errors import UserError
+from extractor.errors import UserError
 
 
 def _settings(args):

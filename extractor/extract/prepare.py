@@ -58,7 +58,7 @@ def prepare(conn, settings, *, aoi=None, parcels=None, start=None, end=None, car
     """Yields progress lines."""
     x = settings.extract
     filters = worker.check_filters(conn, settings, aoi or x.aoi, start or x.start, end or x.end)
-    from cbm.errors import UserError
+    from extractor.errors import UserError
 
     name = parcels or x.parcels
     if not name:

@@ -33,7 +33,7 @@ from numba import njit
 from psycopg2 import sql
 from rasterio import Affine
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 from extractor.db import table
 from extractor.extract.cards import PARCEL_SQL, SceneError
 
@@ -93,7 +93,7 @@ class ParcelSource:
 
 
 def parcel_source(conn, settings, name: str) -> ParcelSource:
-    from cbm.errors import UserError
+    from extractor.errors import UserError
 
     t = table(settings, name)
     with conn.cursor() as cur:

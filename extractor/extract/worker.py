@@ -17,7 +17,7 @@ import psycopg2
 from psycopg2 import sql
 from rasterio.windows import Window
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 from extractor import db
 from extractor.db import table
 from extractor.extract import cards, claims, kernels, rasterize, sources, writer

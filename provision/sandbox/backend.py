@@ -14,7 +14,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 from provision.sandbox import hostimage
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cbm.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError
 
 log = logging.getLogger(__name__)
 

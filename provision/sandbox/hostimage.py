@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cbm.errors import CbmError
+from extractor.errors import CbmError
 
 log = logging.getLogger(__name__)
 
