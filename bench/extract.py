@@ -88,7 +88,7 @@ def make_parcels(rng) -> tuple[np.ndarray, np.ndarray]:
 
 def inputs() -> dict:
     """Generate (once) and describe the cached inputs."""
-    from extractor.extract import synthetic
+    from sandbox import synthetic
 
     meta_path = OUT / "inputs.json"
     if meta_path.exists():
@@ -217,7 +217,7 @@ def main(argv: list[str]) -> int:
 
     from extractor import settings as settings_mod
     from extractor.extract import kernels, rasterize, worker, writer
-    from extractor.localdb import LocalPostgis
+    from sandbox.localdb import LocalPostgis
 
     meta = inputs()
     jp2 = files(OUT / "eodata", meta["product_path"], "*_B0[2348]_10m.jp2")

@@ -1,7 +1,7 @@
 """Parcel loading benchmark: `cbm parcels load` vs `ogr2ogr -nlt MULTIPOLYGON` (the seed's way).
 
-Input (generated once, cached in bench/out/parcels/): the 100 real DK parcels of the shared
-fixtures, repeated on a grid of shifted copies (default 200,000 parcels, EPSG:25832), as a
+Input (generated once, cached in bench/out/parcels/): the 100 real DK parcels of
+examples/parcels/, repeated on a grid of shifted copies (default 200,000 parcels, EPSG:25832), as a
 GeoPackage and as GeoParquet; 1 parcel in 1000 is made a bow-tie so the repair path runs.
 Measured on a throwaway PostGIS, best of --repeat runs, each into a fresh table:
   * cbm parcels load (the real CLI: read, COPY, validity check + ST_MakeValid, table, GiST index)
@@ -24,8 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "parcels"
-DK = Path(os.environ.get("CBM_SHARED_FIXTURES", ROOT.parent / "shared" / "fixtures")) / "parcels" / \
-    "dk_marker_2026" / "Marker_2026.shp"
+DK = ROOT / "examples" / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
 INPUT_VERSION = 1
 
 
@@ -114,7 +113,7 @@ def main(argv: list[str]) -> int:
     log(f"input: {args.parcels} parcels (real DK parcels, tiled; 1 in 1000 a bow-tie), "
         f"GeoPackage {gpkg.stat().st_size / 1e6:.0f} MB, GeoParquet {parquet.stat().st_size / 1e6:.0f} MB")
 
-    from extractor.localdb import LocalPostgis
+    from sandbox.localdb import LocalPostgis
 
     with LocalPostgis() as pg:
         pg.psql("CREATE EXTENSION postgis")

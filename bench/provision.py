@@ -19,6 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from provision.cloud import spec as specs
+from provision.hosts.files import DeploymentFiles
+from sandbox.cloud import Sandbox
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -81,9 +85,6 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("bench provision: skipped (the sandbox cloud needs root)")
         return 0
-    from provision import spec as specs
-    from provision import state
-    from provision.sandbox import Sandbox
 
     with tempfile.TemporaryDirectory(prefix="cbm-bench-prov-") as tmp:
         tmp = Path(tmp)
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
             os.environ.update(sb.env)
             spec = specs.load(spec_path)
             os.environ["XDG_STATE_HOME"] = str(tmp / "state")
-            public_key = state.ensure_ssh_key("benchprov")
+            public_key = DeploymentFiles("benchprov").ensure_ssh_key()
             conn = sb.connect()
             for _ in range(args.runs):
                 t = time.perf_counter()

@@ -1,7 +1,7 @@
 """The `cbm` command: one subcommand per lifecycle step.
 
 Each area of the project registers its own subcommands (see `register()` in
-extractor/cli.py and provision/cli.py); this module only wires them together and turns
+cbm/commands/*.py); this module only wires them together and turns
 exceptions into one-line messages and exit codes (see extractor/errors.py).
 """
 
@@ -17,7 +17,9 @@ from cbm import __version__
 from extractor.errors import CbmError, UserError
 
 # Modules that contribute subcommands, in the order they appear in `cbm --help`.
-COMMAND_MODULES = ("provision.cli", "extractor.cli")
+COMMAND_MODULES = ("cbm.commands.cloud", "cbm.commands.sandbox", "cbm.commands.configure", "cbm.commands.status",
+                   "cbm.commands.onboard", "cbm.commands.upgrade", "cbm.commands.config", "cbm.commands.db", "cbm.commands.parcels", "cbm.commands.aoi",
+                   "cbm.commands.catalog", "cbm.commands.extract")
 
 
 class Parser(argparse.ArgumentParser):

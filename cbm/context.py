@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from extractor import settings as settings_mod
+from provision.ops.deployment import deployment_settings
 
 
 def deployment_of(args) -> str | None:
@@ -21,7 +22,5 @@ def settings(args):
     config = getattr(args, "config", None)
     spec = deployment_of(args)
     if spec:
-        from provision.deployment import deployment_settings  # TODO(arch): top-level once provision/ops exists
-
         return deployment_settings(spec, config)
     return settings_mod.load(config)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
-from cbm.cli import add_command, add_group
-from extractor.errors import CbmError, UserError
+import psycopg2
+from psycopg2 import sql
+
+from extractor import db
+from extractor.errors import CbmError, UserError, one_line
+from extractor.parcels import parcel_table, require_table
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 POLYGONAL = ("Polygon", "MultiPolygon")
@@ -32,16 +35,11 @@ def check_aoi_name(name: str) -> str:
 
 
 def _aois(conn, settings):
-    from extractor import db
-    from extractor.parcels import require_table
-
     require_table(conn, settings, "aois")
     return db.table(settings, "aois")
 
 
 def _store(cur, settings, aois, name: str, geom_sql, params, replace: bool) -> None:
-    from psycopg2 import sql
-
     cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE name = %s").format(aois), (name,))
     if cur.fetchone()[0]:
         if not replace:
@@ -54,11 +52,6 @@ def _store(cur, settings, aois, name: str, geom_sql, params, replace: bool) -> N
 
 def add_from_parcels(conn, settings, name: str, table: str, replace: bool = False) -> str:
     """Store the lon/lat extent of the parcels in `table` as AOI `name`; returns a description."""
-    from psycopg2 import sql
-
-    from extractor import db
-    from extractor.parcels import parcel_table
-
     check_aoi_name(name)
     aois = _aois(conn, settings)
     tname, target = parcel_table(settings, table)
@@ -139,9 +132,6 @@ def read_geojson_polygons(path: str | Path) -> list[dict]:
 
 def add_from_geojson(conn, settings, name: str, path: str | Path, replace: bool = False) -> str:
     """Store a GeoJSON polygon (or the convex hull of several) as AOI `name`; returns a description."""
-    import psycopg2
-    from psycopg2 import sql
-
     check_aoi_name(name)
     polygons = read_geojson_polygons(path)
     aois = _aois(conn, settings)
@@ -160,8 +150,8 @@ def add_from_geojson(conn, settings, name: str, path: str | Path, replace: bool 
                 return row
             except psycopg2.Error as exc:  # reported as data or internal errors
                 cur.execute("ROLLBACK TO SAVEPOINT geojson")
-                reason = " ".join(str(exc).split("\n")[0].split())
-                raise UserError(f"GeoJSON file {path} has a geometry PostGIS cannot {what} ({reason}); fix it") from None
+                raise UserError(f"GeoJSON file {path} has a geometry PostGIS cannot {what} "
+                                f"({_first_line(exc)}); fix it") from None
 
         xmin, ymin, xmax, ymax, valid, empty = checked(sql.SQL(
             "SELECT ST_XMin(g), ST_YMin(g), ST_XMax(g), ST_YMax(g), ST_IsValid(ST_GeometryN(g, 1)), ST_IsEmpty(g)"
@@ -185,8 +175,6 @@ def add_from_geojson(conn, settings, name: str, path: str | Path, replace: bool 
 
 def list_aois(conn, settings) -> list[tuple]:
     """(name, xmin, ymin, xmax, ymax, area_km2) for every AOI, by name."""
-    from psycopg2 import sql
-
     aois = _aois(conn, settings)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT name, ST_XMin(wkb_geometry), ST_YMin(wkb_geometry), ST_XMax(wkb_geometry),"
@@ -195,75 +183,28 @@ def list_aois(conn, settings) -> list[tuple]:
         return cur.fetchall()
 
 
-def _summary(conn, settings, name: str) -> str:
-    for row in list_aois(conn, settings):
-        if row[0] == name:
-            _, xmin, ymin, xmax, ymax, km2 = row
-            return f"lon {xmin:.5f}..{xmax:.5f}, lat {ymin:.5f}..{ymax:.5f}, {km2:,.1f} km2"
-    return ""
-
-
-# -- commands ---------------------------------------------------------------------------------
-def cmd_add(args) -> int:
-    import psycopg2
-
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    check_aoi_name(args.name)
-    if args.geojson:
-        read_geojson_polygons(args.geojson)    # a bad file fails before we connect
+def add(settings, name: str, *, from_parcels: str | None = None, geojson: str | None = None,
+        replace: bool = False, dry_run: bool = False) -> tuple[str, tuple]:
+    """Add AOI `name` from the extent of the parcel table `from_parcels` or from the GeoJSON file
+    `geojson`, in one transaction (rolled back with dry_run). Returns how it was made and the
+    AOI's row of list_aois (name, bounds, area)."""
+    check_aoi_name(name)
+    if geojson:
+        read_geojson_polygons(geojson)    # a bad file fails before we connect
     try:
         with db.session(settings) as conn:
-            if args.from_parcels:
-                how = add_from_parcels(conn, settings, args.name, args.from_parcels, args.replace)
+            if from_parcels:
+                how = add_from_parcels(conn, settings, name, from_parcels, replace)
             else:
-                how = add_from_geojson(conn, settings, args.name, args.geojson, args.replace)
-            summary = _summary(conn, settings, args.name)
-            if args.dry_run:
+                how = add_from_geojson(conn, settings, name, geojson, replace)
+            row = next(r for r in list_aois(conn, settings) if r[0] == name)
+            if dry_run:
                 conn.rollback()
-                print("dry run: nothing was written; the AOI would be:")
     except psycopg2.Error as exc:
-        reason = " ".join(str(exc).split("\n")[0].split())
-        raise CbmError(f"adding AOI {args.name} failed ({reason}); nothing was written") from None
-    print(f"AOI {args.name}: {how}; {summary}")
-    return 0
+        raise CbmError(f"adding AOI {name} failed ({_first_line(exc)}); nothing was written") from None
+    return how, row
 
 
-def cmd_list(args) -> int:
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    with db.session(settings) as conn:
-        rows = list_aois(conn, settings)
-    if not rows:
-        print("no AOIs yet; add one with cbm aoi add NAME --from-parcels TABLE (or --geojson FILE)", file=sys.stderr)
-        return 0
-    width = max(4, *(len(r[0] or "") for r in rows))
-    print(f"{'name':<{width}}  {'lon min':>11} {'lat min':>10} {'lon max':>11} {'lat max':>10} {'km2':>12}")
-    for name, xmin, ymin, xmax, ymax, km2 in rows:
-        if xmin is None:
-            print(f"{name or '':<{width}}  (no geometry)")
-            continue
-        print(f"{name or '':<{width}}  {xmin:>11.5f} {ymin:>10.5f} {xmax:>11.5f} {ymax:>10.5f} {km2:>12,.1f}")
-    return 0
-
-
-def register(sub) -> None:
-    """Add the `cbm aoi` commands."""
-    group = add_group(sub, "aoi", "areas of interest (the aois table): add, list")
-    add = add_command(
-        group, "add", cmd_add, "add an AOI from the extent of a parcel table or from a GeoJSON file",
-        epilog="--from-parcels: the extent of the parcels as a lon/lat (EPSG:4326) rectangle that contains "
-               "every parcel (the projected extent's edges are densified before transforming). "
-               "--geojson: a Polygon, MultiPolygon, Feature or FeatureCollection in EPSG:4326; one Polygon is "
-               "stored as it is, a MultiPolygon or several features become the convex hull of all polygons.")
-    add.add_argument("name", metavar="NAME", help="the AOI name (lower-case letters, digits, _)")
-    source = add.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from-parcels", metavar="TABLE", help="a parcel table loaded with cbm parcels load")
-    source.add_argument("--geojson", metavar="FILE", help="a GeoJSON polygon file in EPSG:4326")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing AOI of that name")
-    add.add_argument("--dry-run", action="store_true", help="compute and show the AOI, write nothing")
-    add_command(group, "list", cmd_list, "list the AOIs with their lon/lat bounds and area")
+def _first_line(exc: Exception) -> str:
+    """The first line of a database error (PostgreSQL adds details and hints below it)."""
+    return one_line(str(exc).split("\n")[0])

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from extractor.errors import CbmError, UserError
+from extractor import db
+from extractor.db import table, table_exists
+from extractor.errors import CbmError, UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class Client:
                 retryable = exc.code == 429 or exc.code >= 500
                 detail = exc.read()[:200].decode("utf-8", "replace")
                 if not retryable or attempt == self.retries:
-                    raise CbmError(f"catalog request failed with HTTP {exc.code} at {where}: {_one_line(detail)}") from None
+                    raise CbmError(f"catalog request failed with HTTP {exc.code} at {where}: {one_line(detail)}") from None
                 wait = _retry_after(exc.headers.get("Retry-After"), delay)
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
@@ -176,7 +178,7 @@ class Client:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            start = _one_line(body[:60].decode("utf-8", "replace"))
+            start = one_line(body[:60].decode("utf-8", "replace"))
             raise CbmError(f"catalog reply from {where} is not JSON (starts with {start!r}); check catalog.url") from None
         if not isinstance(data, dict) or not isinstance(data.get("features"), list):
             raise CbmError(f"catalog reply from {where} is not a resto FeatureCollection; check catalog.url")
@@ -188,10 +190,6 @@ def _retry_after(header: str | None, default: float) -> float:
         return max(0.0, min(float(header), 60.0)) if header else default
     except ValueError:
         return default
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def next_link(page: dict) -> str | None:
@@ -251,8 +249,6 @@ class SyncStats:
 
 def aoi_geometry(conn, settings, aoi: str) -> str:
     """The AOI as WKT in EPSG:4326, simplified if too long for a URL."""
-    from extractor.db import table, table_exists
-
     if not table_exists(conn, settings, settings.tables.aois):
         raise UserError("the aois table does not exist; run: cbm db init")
     with conn.cursor() as cur:
@@ -266,8 +262,6 @@ def aoi_geometry(conn, settings, aoi: str) -> str:
 
 def _existing_scene(cur, settings, card: str, product: Product):
     """The catalogued product of the same S2 acquisition, if any: (id, reference, baseline, used)."""
-    from extractor.db import table
-
     tile, sensing = product.scene_key
     cur.execute(sql.SQL(
         "SELECT c.id, c.reference, c.processing_baseline, c.status <> 'ingested' OR EXISTS"
@@ -278,8 +272,6 @@ def _existing_scene(cur, settings, card: str, product: Product):
 
 
 def store(conn, settings, card: str, products: list[Product], stats: SyncStats) -> None:
-    from extractor.db import table
-
     cat = table(settings, "catalogue")
     insert = sql.SQL(
         "INSERT INTO {} (obstime, reference, sensor, card, footprint, product_path, tile, epsg, processing_baseline)"
@@ -339,8 +331,6 @@ def best_per_scene(products: list[Product], stats: SyncStats) -> list[Product]:
 
 def sync(settings, aoi: str, start: str, end: str, card: str, ptype: str | None = None, progress=None) -> SyncStats:
     """Sync one CARD type for an AOI and date range; one transaction. Returns the counts."""
-    from extractor import db
-
     card, ptype, d0, d1 = check_request(card, ptype, start, end)
     collection = CARDS[card][0]
     stats = SyncStats()
@@ -374,8 +364,6 @@ def sync(settings, aoi: str, start: str, end: str, card: str, ptype: str | None 
 
 def summary(conn, settings, aoi: str) -> list[tuple]:
     """The seed's summary: (card, sensor, count, first, last) of the scenes over the AOI."""
-    from extractor.db import table
-
     with conn.cursor() as cur:
         cur.execute(sql.SQL(
             "SELECT c.card, c.sensor, count(*), min(c.obstime), max(c.obstime) FROM {cat} c, {aois} a"
@@ -386,82 +374,14 @@ def summary(conn, settings, aoi: str) -> list[tuple]:
 
 def status_counts(conn, settings) -> list[tuple]:
     """The seed's status query: (card, status, count)."""
-    from extractor.db import table
-
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT card, status, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(
             table(settings, "catalogue")))
         return cur.fetchall()
 
 
-# -- CLI ------------------------------------------------------------------------------------
-def print_table(title: str, header: list[str], rows: list[tuple]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for h in header:
-        t.add_column(h, justify="right" if h in ("count",) else "left")
-    def cell(v) -> str:
-        if v is None:
-            return ""
-        return v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, dt.datetime) else str(v)
-
-    for r in rows:
-        t.add_row(*(cell(v) for v in r))
-    Console(width=120).print(t)
-
-
-def cmd_sync(args) -> int:
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    check_request(args.card, args.ptype, args.start, args.end)
-    stats = sync(settings, args.aoi, args.start, args.end, args.card, args.ptype)
-    print(f"catalog: {stats.received} products received in {stats.pages} page(s)"
-          f"{f', {stats.splits} window split(s)' if stats.splits else ''}; "
-          f"{stats.inserted} new, {stats.known} already known, {stats.replaced} replaced by a better baseline, "
-          f"{stats.lower_baseline} skipped as duplicate baselines, {stats.no_geometry} skipped without footprint")
+def aoi_summary(settings, aoi: str) -> list[tuple]:
+    """summary() in a session of its own; an unknown AOI is a UserError."""
     with db.session(settings) as conn:
-        print_table(f"catalog for AOI {args.aoi}", ["card", "sensor", "count", "first", "last"],
-                    summary(conn, settings, args.aoi))
-    return 0
-
-
-def cmd_summary(args) -> int:
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    with db.session(settings) as conn:
-        aoi_geometry(conn, settings, args.aoi)  # unknown AOI -> one line
-        print_table(f"catalog for AOI {args.aoi}", ["card", "sensor", "count", "first", "last"],
-                    summary(conn, settings, args.aoi))
-    return 0
-
-
-def cmd_status(args) -> int:
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    with db.session(settings) as conn:
-        print_table("scenes by card and status", ["card", "status", "count"], status_counts(conn, settings))
-    return 0
-
-
-def register(sub) -> None:
-    from cbm.cli import add_command, add_group
-
-    group = add_group(sub, "catalog", "the catalog of CDSE scenes (dias_catalogue)")
-    p = add_command(group, "sync", cmd_sync, "copy the CDSE catalog entries over an AOI into dias_catalogue")
-    p.add_argument("aoi", metavar="AOI", help="name of the AOI in the aois table")
-    p.add_argument("start", metavar="START", help="first day, YYYY-MM-DD")
-    p.add_argument("end", metavar="END", help="last day (included), YYYY-MM-DD")
-    p.add_argument("card", metavar="CARD", help="s2 | bs | c6 | c12")
-    p.add_argument("ptype", metavar="PTYPE", nargs="?",
-                   help="product type: S2MSI2A (default) or S2MSI1C for s2; CARD-BS, CARD-COH6, CARD-COH12 for S1")
-    p = add_command(group, "summary", cmd_summary, "the scenes over an AOI: card, sensor, count, first, last")
-    p.add_argument("aoi", metavar="AOI")
-    add_command(group, "status", cmd_status, "scene counts by card and status")
+        aoi_geometry(conn, settings, aoi)
+        return summary(conn, settings, aoi)

@@ -7,11 +7,12 @@ and quoted with psycopg2.sql.Identifier; values always go as query parameters.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import psycopg2
 from psycopg2 import sql
 
-from extractor.errors import CbmError
+from extractor.errors import CbmError, one_line
 from extractor.settings import Settings, check_identifier, read_secret_file
 
 
@@ -29,8 +30,6 @@ def connect_kwargs(settings: Settings) -> dict:
 
 def describe(settings: Settings) -> str:
     """Where we connect, for messages: host:port/db as user (never the password)."""
-    import os
-
     db = settings.db
     host = db.host or os.environ.get("PGHOST") or "local socket"
     port = db.port or os.environ.get("PGPORT") or 5432
@@ -44,7 +43,7 @@ def connect(settings: Settings):
     try:
         conn = psycopg2.connect(**connect_kwargs(settings))
     except psycopg2.OperationalError as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise CbmError(
             f"cannot connect to the database {describe(settings)}: {reason}; "
             "check the db settings (cbm config show) or the PG* variables"
@@ -60,7 +59,7 @@ def session(settings: Settings):
         with conn:
             yield conn
     except psycopg2.OperationalError as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise CbmError(f"lost the database {describe(settings)}: {reason}; nothing was committed") from None
     finally:
         conn.close()
@@ -79,3 +78,13 @@ def table_exists(conn, settings: Settings, name: str) -> bool:
             (settings.db.schema, name),
         )
         return cur.fetchone() is not None
+
+
+def server_facts(conn) -> dict:
+    """The database and server a connection reached: name, versions, size, uptime."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database(), current_setting('server_version'),"
+                    " (SELECT extversion FROM pg_extension WHERE extname = 'postgis'),"
+                    " pg_database_size(current_database()), now() - pg_postmaster_start_time()")
+        name, version, postgis, size, uptime = cur.fetchone()
+    return {"database": name, "server": version, "postgis": postgis, "size": size, "uptime": uptime}

@@ -21,3 +21,19 @@ class UserError(CbmError):
     """Bad input: a file, an argument, a setting. The message names it and says how to fix it."""
 
     exit_code = 2
+
+
+def one_line(text, limit: int | None = None) -> str:
+    """`text` (or an exception) as one line for a message: whitespace squashed to single spaces;
+    with `limit`, cut to at most that many characters ending with "..."."""
+    text = " ".join(str(text).split())
+    if limit is not None and len(text) > limit:
+        return text[:limit - 3] + "..."
+    return text
+
+
+def failure(exc: CbmError | KeyboardInterrupt) -> tuple[str, int]:
+    """How a command ends on this exception: the one line for stderr and the exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "cbm: interrupted", 130
+    return f"cbm: error: {exc}", exc.exit_code

@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extractor.errors import UserError
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyogrio
+from pyogrio.errors import DataLayerError, DataSourceError, FeatureError, FieldError, GeometryError
+from pyogrio.raw import open_arrow
+from rasterio.crs import CRS
+
+from extractor.errors import UserError, one_line
 
 GEOMETRY = "__cbm_wkb__"   # name of the WKB column in the batches we yield
 BATCH_SIZE = 16384   # features per COPY; bounds the memory for big files
@@ -70,19 +77,11 @@ def open_parcel_file(path: str | Path, layer: str | None = None, srid: int | Non
 
 
 # -- GDAL formats (pyogrio) -------------------------------------------------------------------
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 def _open_ogr(p: Path, layer: str | None, srid: int | None) -> ParcelSource:
-    import pyogrio
-    from pyogrio.errors import DataLayerError, DataSourceError
-
     try:
         layers = pyogrio.list_layers(p)
     except DataSourceError as exc:
-        raise UserError(f"parcel file {p} is not a readable vector file ({_one_line(exc)}); give {FORMATS}") from None
+        raise UserError(f"parcel file {p} is not a readable vector file ({one_line(exc, 200)}); give {FORMATS}") from None
     spatial = [str(name) for name, gtype in layers if gtype is not None]
     if layer is None:
         if not spatial:
@@ -113,10 +112,6 @@ def _open_ogr(p: Path, layer: str | None, srid: int | None) -> ParcelSource:
 
 
 def _ogr_batches(src: ParcelSource) -> Iterator:
-    import pyarrow as pa
-    from pyogrio.errors import DataSourceError, FeatureError, FieldError, GeometryError
-    from pyogrio.raw import open_arrow
-
     try:
         with open_arrow(src.path, layer=src.layer, return_fids=src.fid_column is not None,
                         batch_size=BATCH_SIZE, use_pyarrow=True) as (meta, reader):
@@ -125,19 +120,17 @@ def _ogr_batches(src: ParcelSource) -> Iterator:
                 names = [GEOMETRY if n == geom else n for n in batch.schema.names]
                 yield pa.RecordBatch.from_arrays(batch.columns, names=names)
     except (DataSourceError, FeatureError, FieldError, GeometryError) as exc:
-        raise UserError(f"parcel file {src.path} cannot be read ({_one_line(exc)}); check or re-export it") from None
+        raise UserError(f"parcel file {src.path} cannot be read ({one_line(exc, 200)}); check or re-export it") from None
 
 
 # -- GeoParquet (pyarrow) ---------------------------------------------------------------------
 def _open_parquet(p: Path, layer: str | None, srid: int | None) -> ParcelSource:
-    import pyarrow.parquet as pq
-
     if layer is not None:
         raise UserError(f"parcel file {p} is GeoParquet, which has no layers; drop --layer")
     try:
         pf = pq.ParquetFile(p)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for broken files
-        raise UserError(f"parcel file {p} is not a readable Parquet file ({_one_line(exc)}); give {FORMATS}") from None
+        raise UserError(f"parcel file {p} is not a readable Parquet file ({one_line(exc, 200)}); give {FORMATS}") from None
     raw = (pf.schema_arrow.metadata or {}).get(b"geo")
     if raw is None:
         raise UserError(f"parcel file {p} is Parquet without GeoParquet 'geo' metadata; "
@@ -174,9 +167,6 @@ def _open_parquet(p: Path, layer: str | None, srid: int | None) -> ParcelSource:
 
 
 def _parquet_batches(src: ParcelSource) -> Iterator:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(src.path)
         columns = [n for n in pf.schema_arrow.names if n not in src._drop]
@@ -184,7 +174,7 @@ def _parquet_batches(src: ParcelSource) -> Iterator:
             names = [GEOMETRY if n == src.layer else n for n in batch.schema.names]
             yield pa.RecordBatch.from_arrays(batch.columns, names=names)
     except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"parcel file {src.path} cannot be read ({_one_line(exc)}); check or re-export it") from None
+        raise UserError(f"parcel file {src.path} cannot be read ({one_line(exc, 200)}); check or re-export it") from None
 
 
 # -- CRS -> EPSG ------------------------------------------------------------------------------
@@ -226,8 +216,6 @@ def _epsg_of(crs) -> int | None:
         if text.upper().replace(":", "") in ("OGCCRS84", "CRS84"):
             return 4326
     try:
-        from rasterio.crs import CRS
-
         return CRS.from_user_input(text).to_epsg()
     except Exception:  # an unparseable CRS is "no EPSG code": the caller says what to do
         return None

@@ -12,11 +12,14 @@ table is created (or replaced with --replace). Any failure leaves the database a
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 
-from cbm.cli import add_command, add_group
-from extractor.errors import CbmError, UserError
+import psycopg2
+from psycopg2 import sql
+
+from extractor import db
+from extractor.errors import CbmError, UserError, one_line
+from extractor.settings import check_identifier
 
 CARDS = ("s2", "bs", "c6", "c12")
 INT32_MAX = 2**31 - 1
@@ -29,10 +32,6 @@ def parcel_table(settings, name: str):
 
     Names are lower-cased as ogr2ogr does, so unquoted SQL (the seed's) finds them; the CbM
     tables themselves (aois, dias_catalogue, ...) are refused."""
-    from psycopg2 import sql
-
-    from extractor.settings import check_identifier
-
     check_identifier(name, "parcel table")
     name = name.lower()
     own = set(vars(settings.tables).values()) | {"extraction_runs", "spatial_ref_sys"}
@@ -56,87 +55,6 @@ def launder(names: list[str]) -> list[str]:
         taken.add(name)
         out.append(name)
     return out
-
-
-# -- Arrow columns -> PostgreSQL columns fed by COPY (CSV) ---------------------------------------
-def pg_type(t) -> str:
-    import pyarrow as pa
-    import pyarrow.types as at
-
-    if at.is_dictionary(t):
-        return pg_type(t.value_type)
-    if at.is_boolean(t):
-        return "boolean"
-    if at.is_int8(t) or at.is_int16(t) or at.is_uint8(t):
-        return "smallint"
-    if at.is_int32(t) or at.is_uint16(t):
-        return "integer"
-    if at.is_int64(t) or at.is_uint32(t):
-        return "bigint"
-    if at.is_uint64(t) or at.is_decimal(t):
-        return "numeric"
-    if at.is_float16(t) or at.is_float32(t):
-        return "real"
-    if at.is_float64(t):
-        return "double precision"
-    if at.is_date(t):
-        return "date"
-    if at.is_timestamp(t):
-        return "timestamp with time zone" if t.tz else "timestamp without time zone"
-    if at.is_time(t):
-        return "time without time zone"
-    if at.is_binary(t) or at.is_large_binary(t) or at.is_fixed_size_binary(t):
-        return "bytea"
-    if t == pa.null():
-        return "text"
-    if at.is_string(t) or at.is_large_string(t):
-        return "character varying"
-    return "text"  # lists, structs, maps: JSON text
-
-
-def hex_of(arr):
-    """A binary Arrow array as a string array of lower-case hex, without a Python loop."""
-    import binascii
-
-    import numpy as np
-    import pyarrow as pa
-
-    arr = arr.cast(pa.large_binary())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
-    start, end = int(offsets[0]), int(offsets[-1])
-    data = arr.buffers()[2]
-    hexed = binascii.hexlify(memoryview(data)[start:end]) if data is not None and end > start else b""
-    valid = arr.is_valid().buffers()[1] if arr.null_count else None
-    return pa.Array.from_buffers(pa.large_string(), len(arr),
-                                 [valid, pa.py_buffer((offsets - start) * 2), pa.py_buffer(hexed)])
-
-
-def copyable(arr):
-    """An Arrow column pyarrow's CSV writer renders the way PostgreSQL's COPY (CSV) reads it."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.types as at
-
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    t = arr.type
-    if at.is_dictionary(t):
-        return copyable(arr.dictionary_decode())
-    if t == pa.null():
-        return pa.nulls(len(arr), pa.string())
-    if at.is_binary(t) or at.is_large_binary(t) or at.is_fixed_size_binary(t):
-        return pc.binary_join_element_wise(pa.scalar("\\x", pa.large_string()), hex_of(arr),
-                                           pa.scalar("", pa.large_string()))
-    if at.is_float16(t):
-        return arr.cast(pa.float32())
-    if at.is_decimal(t) or at.is_time(t):
-        return arr.cast(pa.string())
-    if pg_type(t) == "text" and not at.is_string(t):
-        return pa.array([None if v is None else json.dumps(v, default=str) for v in arr.to_pylist()],
-                        pa.string())
-    return arr
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -164,8 +82,6 @@ class LoadResult:
 
 
 def require_postgis(cur, settings) -> None:
-    from extractor import db
-
     cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'")
     if cur.fetchone() is None:
         raise UserError(f"the database {db.describe(settings)} has no PostGIS yet; run cbm db init first")
@@ -179,8 +95,6 @@ NORMALISE = """ST_Force2D(CASE WHEN GeometryType("#g") IN ('POLYGON', 'MULTIPOLY
 def _exceptions_sql(stage, cls):
     """The features that are skipped (with why) or repaired (with the repaired geometry); the rest
     go into the table as they are, so their geometries are written only once."""
-    from psycopg2 import sql
-
     return sql.SQL("""
 CREATE TEMP TABLE {cls} ON COMMIT DROP AS
 SELECT "#n", skip, invalid AS repaired, CASE WHEN invalid THEN ST_CollectionExtract(ST_MakeValid(g), 3) END AS g
@@ -203,23 +117,15 @@ def load_parcels(settings, source, table: str, replace: bool = False, progress=N
     """Load a ParcelSource into `table` in one transaction; returns what was loaded and skipped.
 
     With dry_run everything is done and then rolled back: the result says what a load would do."""
-    import psycopg2
-
     try:
         return _load(settings, source, table, replace, progress, dry_run)
     except psycopg2.Error as exc:
-        reason = " ".join(str(exc).split("\n")[0].split())
+        reason = one_line(str(exc).split("\n")[0])
         raise CbmError(f"loading {source.path} into table {table} failed ({reason}); nothing was loaded") from None
 
 
 def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) -> LoadResult:
-    import psycopg2
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    from psycopg2 import sql
-
-    from extractor import db
-    from extractor.parcel_files import GEOMETRY
+    from extractor import parcel_copy  # lazy: pyarrow (~0.1 s) is imported only when a file is loaded
 
     name, target = parcel_table(settings, table)
     stage, cls = sql.Identifier("cbm_parcels_stage"), sql.Identifier("cbm_parcels_cls")
@@ -241,25 +147,18 @@ def _load(settings, source, table: str, replace: bool, progress, dry_run: bool) 
         copy_stmt = None
         for batch in source.batches():
             if copy_stmt is None:
-                attrs = [f for f in batch.schema if f.name != GEOMETRY]
+                attrs = parcel_copy.attributes(batch.schema)
                 names = launder([f.name for f in attrs])
-                columns = [(f.name, col, pg_type(f.type)) for f, col in zip(attrs, names)]
+                columns = [(f.name, col, parcel_copy.pg_type(f.type)) for f, col in zip(attrs, names)]
                 cur.execute(sql.SQL('CREATE TEMP TABLE {} ("#n" integer, "#fid" bigint, {} "#g" geometry) ON COMMIT DROP').format(
                     stage, sql.SQL("").join(sql.SQL("{} {}, ").format(sql.Identifier(c), sql.SQL(t))
                                             for _, c, t in columns)))
                 copy_stmt = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(stage).as_string(conn)
-            n = pa.array(range(staged + 1, staged + batch.num_rows + 1), pa.int64())
-            fid = batch.column(source.fid_column).cast(pa.int64()) if source.fid_column else n
-            arrays = [n, fid] + [copyable(batch.column(src)) for src, _, _ in columns]
-            arrays.append(hex_of(batch.column(GEOMETRY)))
-            sink = pa.BufferOutputStream()
-            pacsv.write_csv(pa.table(arrays, names=[f"c{i}" for i in range(len(arrays))]), sink,
-                            pacsv.WriteOptions(include_header=False))
-            del arrays
+            rows = parcel_copy.csv_rows(batch, staged + 1, source.fid_column, [src for src, _, _ in columns])
             try:
-                cur.copy_expert(copy_stmt, pa.BufferReader(sink.getvalue()), size=1 << 20)
+                cur.copy_expert(copy_stmt, rows, size=1 << 20)
             except psycopg2.DataError as exc:
-                reason = " ".join(str(exc).split("\n")[0].split())
+                reason = one_line(str(exc).split("\n")[0])
                 raise UserError(f"parcel file {source.path} has data PostgreSQL cannot take ({reason}); "
                                 "check or re-export the file") from None
             staged += batch.num_rows
@@ -346,8 +245,6 @@ class Zones:
 
 
 def require_table(conn, settings, key: str) -> None:
-    from extractor import db
-
     name = getattr(settings.tables, key)
     if not db.table_exists(conn, settings, name):
         raise UserError(f"table {settings.db.schema}.{name} does not exist in {db.describe(settings)}; "
@@ -355,10 +252,6 @@ def require_table(conn, settings, key: str) -> None:
 
 
 def require_aoi(conn, settings, aoi: str) -> None:
-    from psycopg2 import sql
-
-    from extractor import db
-
     require_table(conn, settings, "aois")
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(db.table(settings, "aois")), (aoi,))
@@ -368,10 +261,6 @@ def require_aoi(conn, settings, aoi: str) -> None:
 
 
 def zone_counts(conn, settings, aoi: str, card: str = "s2") -> Zones:
-    from psycopg2 import sql
-
-    from extractor import db
-
     if card not in CARDS:
         raise UserError(f"unknown card {card!r}; use one of {', '.join(CARDS)}")
     require_aoi(conn, settings, aoi)
@@ -386,121 +275,5 @@ def zone_counts(conn, settings, aoi: str, card: str = "s2") -> Zones:
 
 def utm_zones(settings, aoi: str, card: str = "s2") -> list[int]:
     """EPSG codes (326zz north, 327zz south) of the `card` scenes in the catalog over `aoi`."""
-    from extractor import db
-
     with db.session(settings) as conn:
         return zone_counts(conn, settings, aoi, card).epsg
-
-
-# -- commands ---------------------------------------------------------------------------------
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.6f}" if abs(v) <= 360 else f"{v:.1f}"
-
-
-def cmd_load(args) -> int:
-    from extractor.cli import load_settings
-    from extractor.parcel_files import open_parcel_file
-
-    settings = load_settings(args)
-    parcel_table(settings, args.table)          # a bad name fails before the file is read
-    source = open_parcel_file(args.file, layer=args.layer, srid=args.srid)
-    with _progress(source.features, args) as progress:
-        result = load_parcels(settings, source, args.table, replace=args.replace, progress=progress,
-                              dry_run=args.dry_run)
-    verb = "replaced" if result.replaced else "created"
-    if args.dry_run:
-        print("dry run: nothing was written; a load would give:")
-    print(f"loaded {_n(result.loaded, 'parcel')} from {source.describe} into {result.table} ({verb}; "
-          f"ogc_fid, {_n(result.columns, 'attribute')}, wkb_geometry MultiPolygon)")
-    print(f"repaired {result.repaired} invalid geometr{'y' if result.repaired == 1 else 'ies'} (ST_MakeValid)")
-    print(f"skipped {result.skipped_count}" + (f": {result.skipped_text()}" if result.skipped_count else ""))
-    print(f"SRID {result.srid}, extent {' '.join(_fmt(v) for v in result.extent)}")
-    return 0
-
-
-class _progress:
-    """A progress bar on stderr for long loads (only on a terminal)."""
-
-    def __init__(self, total, args):
-        self.total, self.args, self.bar = total, args, None
-
-    def __enter__(self):
-        if not sys.stderr.isatty() or getattr(self.args, "quiet", False):
-            return None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.bar = Progress(console=Console(stderr=True), transient=True)
-        self.bar.start()
-        task = self.bar.add_task("reading parcels", total=self.total)
-        return lambda done: self.bar.update(task, completed=done)
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
-        return False
-
-
-def cmd_zones(args) -> int:
-    from extractor import db
-    from extractor.cli import load_settings
-
-    settings = load_settings(args)
-    with db.session(settings) as conn:
-        zones = zone_counts(conn, settings, args.aoi, args.card)
-    for epsg in zones.epsg:
-        print(epsg)
-    note = f"; {zones.unknown} without a tile in the name ignored" if zones.unknown else ""
-    if zones.scenes == 0:
-        print(f"0 UTM zones: no {args.card} scene in {settings.tables.catalogue} intersects AOI {args.aoi}; "
-              "run cbm catalog sync first", file=sys.stderr)
-    else:
-        print(f"{len(zones.epsg)} UTM zone{'s' if len(zones.epsg) != 1 else ''} over AOI {args.aoi} "
-              f"(from {zones.scenes} {args.card} scenes{note})", file=sys.stderr)
-    return 0
-
-
-def _epsg_arg(text: str) -> int:
-    import argparse
-
-    m = re.fullmatch(r"(?:EPSG:)?(\d{4,6})", text.strip(), re.I)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an EPSG code; give e.g. 25832 or EPSG:25832")
-    return int(m.group(1))
-
-
-def register(sub) -> None:
-    """Add the `cbm parcels` commands."""
-    group = add_group(sub, "parcels", "parcel tables: load a parcel file, list the UTM zones over an AOI")
-    load = add_command(
-        group, "load", cmd_load,
-        "load a parcel file (Shapefile, GeoPackage, GeoJSON, GeoParquet) into a PostGIS table",
-        epilog="The table gets the file's attributes (names lower-cased, other characters than letters, "
-               "digits and _ made _), an integer primary key ogc_fid (the GeoPackage fid, else the feature's "
-               "position in the file) and wkb_geometry MultiPolygon in the file's own CRS, with a GiST index, "
-               "as ogr2ogr -nlt MULTIPOLYGON makes it. Invalid polygons are repaired with ST_MakeValid (their "
-               "polygonal parts kept); empty, missing and non-polygon geometries are skipped and reported. "
-               "One transaction: on any error the database is left as it was.")
-    load.add_argument("file", metavar="FILE", help="the parcel file (.shp, .gpkg, .geojson, .parquet, ...)")
-    load.add_argument("--table", required=True, metavar="NAME",
-                      help="the table to create (letters, digits, _; lower-cased as ogr2ogr does)")
-    load.add_argument("--layer", metavar="L", help="the layer to read, when the file has several")
-    load.add_argument("--replace", action="store_true", help="replace the table if it exists (else an error)")
-    load.add_argument("--dry-run", action="store_true",
-                      help="read, check and repair everything, report, then roll back: nothing is written")
-    load.add_argument("--srid", type=_epsg_arg, metavar="EPSG",
-                      help="the EPSG code of a file without a CRS (e.g. a shapefile without .prj)")
-
-    zones = add_command(
-        group, "zones", cmd_zones, "print the UTM zones (EPSG codes) of the catalog's scenes over an AOI",
-        epilog="One EPSG code per line on stdout (326zz north, 327zz south), the count on stderr. The zone of a "
-               "scene is its epsg column when the catalog sync filled it, else the MGRS tile in its name "
-               "(e.g. T31UFS: zone 31, band U; bands C..M are south). Scenes count when their footprint "
-               "intersects the AOI.")
-    zones.add_argument("--aoi", required=True, metavar="NAME", help="the AOI name in the aois table")
-    zones.add_argument("--card", default="s2", choices=CARDS, help="the scenes to look at (default s2)")
-

@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from extractor.localdb import LocalPostgis
+from sandbox.localdb import LocalPostgis
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-FIXTURES = Path(os.environ.get("CBM_SHARED_FIXTURES", SHARED / "fixtures"))
+PARCEL_SAMPLES = REPO / "examples" / "parcels"   # real DK and NL parcels (see its README.md)
+CDSE_REPLIES = REPO / "tests" / "data" / "cdse"  # recorded CDSE resto replies (see its README.md)
 
 _db_counter = itertools.count()
 
@@ -87,7 +87,7 @@ def assert_one_line_error(proc, *needles: str, code: int | None = None):
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
-    """One sandbox cloud for the session (provision/sandbox): real host containers, loop-device volumes.
+    """One sandbox cloud for the session (sandbox/cloud): real host containers, loop-device volumes.
 
     `sandbox.env` (OS_CLIENT_CONFIG_FILE, OS_CLOUD), `.clouds_yaml`, `.cloud_name`, `.connect()`,
     `.inject(kind, mode=, count=)`, `.clear_faults()`, `.settings(page_size=, quotas=)`, `.status()`;
@@ -95,7 +95,7 @@ def sandbox(tmp_path_factory):
     Purged (containers, networks, loop devices, files) at the end of the session."""
     import shutil as _shutil
 
-    from provision.sandbox import Sandbox
+    from sandbox.cloud import Sandbox
 
     if _shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("the sandbox cloud needs a running Docker Engine: run scripts/dockerd.sh (as root)")

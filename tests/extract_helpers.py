@@ -15,7 +15,7 @@ from rasterio import Affine
 from rasterio.warp import transform_bounds
 
 from conftest import run_cbm
-from extractor.extract import synthetic
+from sandbox import synthetic
 
 EPSG = 32631            # the S2 tile's UTM zone
 PARCEL_SRID = 3035      # the parcels come in another CRS (reprojected by the engine)

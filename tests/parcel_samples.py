@@ -1,4 +1,4 @@
-"""Parcel files for the tests, made from the real samples in ../shared/fixtures/parcels/:
+"""Parcel files for the tests, made from the real samples in examples/parcels/:
 the DK shapefile as GeoJSON (with a bow-tie, a point, an empty and a null geometry added) and the
 NL GeoPackage as GeoParquet (WKB, PROJJSON CRS in the `geo` metadata)."""
 
@@ -8,10 +8,10 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import FIXTURES
+from conftest import PARCEL_SAMPLES
 
-DK_SHP = FIXTURES / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
-NL_GPKG = FIXTURES / "parcels" / "nl_brp_2023" / "brpgewaspercelen_definitief_2023.gpkg"
+DK_SHP = PARCEL_SAMPLES / "dk_marker_2026" / "Marker_2026.shp"
+NL_GPKG = PARCEL_SAMPLES / "nl_brp_2023" / "brpgewaspercelen_definitief_2023.gpkg"
 
 # EPSG:25832 coordinates inside Denmark
 BOWTIE = {"type": "Polygon", "coordinates": [[[500000, 6200000], [500100, 6200100], [500100, 6200000],

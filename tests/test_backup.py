@@ -13,9 +13,8 @@ import psycopg2
 import pytest
 
 from conftest import assert_one_line_error, run_cbm
-from extractor import backup
 from extractor import settings as settings_mod
-from provision import deployment
+from provision.ops import backup, deployment
 
 TABLES = ("aois", "dias_catalogue", "sigs", "hists", "extraction_runs")
 
@@ -148,7 +147,7 @@ def test_restore_asks_first_and_changes_nothing_without_an_answer(dbenv, tmp_pat
 
 
 def test_unreachable_database_is_one_line_and_leaves_no_file(dbenv, tmp_path):
-    from extractor.localdb import free_port
+    from sandbox.localdb import free_port
 
     out = tmp_path / "x.dump"
     proc = run_cbm("db", "backup", "--out", str(out), env={"PGPORT": str(free_port())})

@@ -5,12 +5,12 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import FIXTURES, assert_one_line_error, run_cbm
+from conftest import CDSE_REPLIES, assert_one_line_error, run_cbm
 from extractor.catalog import S2_TITLE, rank
-from extractor.catalog_replay import CatalogReplay, s1_feature, s2_feature
+from sandbox.catalog_replay import CatalogReplay, s1_feature, s2_feature
 
-S2_PAGE = FIXTURES / "cdse" / "resto_sentinel2_l2a_page1.json"
-S1_PAGE = FIXTURES / "cdse" / "resto_sentinel1_page1_with_next_link.json"
+S2_PAGE = CDSE_REPLIES / "resto_sentinel2_l2a_page1.json"
+S1_PAGE = CDSE_REPLIES / "resto_sentinel1_page1_with_next_link.json"
 AOI = "SRID=4326;POLYGON((5.0 51.1, 5.3 51.1, 5.3 51.4, 5.0 51.4, 5.0 51.1))"
 
 

@@ -1,6 +1,7 @@
-"""The extraction workers run `cbm extract run` in an image holding only the worker's own
-requirements (provision/extractor_image.WORKER_REQUIREMENTS): the command line and the worker's
-code must import nothing else (no openstacksdk, ansible, fabric, ...)."""
+"""The extraction workers run the entry point `python -m extractor.extract run ...` in an image
+holding only the worker's own requirements (provision/ops/extractor_image.WORKER_REQUIREMENTS):
+the entry point and the worker's code must import nothing else (no openstacksdk, ansible, fabric,
+pyarrow, ...)."""
 
 import json
 import re
@@ -8,14 +9,14 @@ import subprocess
 import sys
 from importlib import metadata
 
-from provision.extractor_image import WORKER_REQUIREMENTS
+from provision.ops.extractor_image import WORKER_REQUIREMENTS
 
 PROBE = """
 import json, sys
 at_start = {name.split(".")[0] for name in sys.modules}   # the interpreter's own (site hooks)
-from cbm.cli import build_parser
-args = build_parser().parse_args(["extract", "run", "--card", "s2", "--res", "-1"])
-import extractor.extract.worker, extractor.extract.prepare   # what the worker runs
+from extractor.extract.__main__ import build_parser   # the image's entry point
+args = build_parser().parse_args(["run", "--card", "s2", "--res", "-1"])
+import extractor.extract.worker   # what the entry point runs
 print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} - at_start)))
 """
 
@@ -38,6 +39,7 @@ def test_worker_imports_only_its_own_requirements():
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout)
+    assert not {"cbm", "provision", "sandbox"} & set(loaded), f"the entry point imports more than extractor: {loaded}"
     allowed = closure(WORKER_REQUIREMENTS) | {"cbm-onboard"}
     dists = metadata.packages_distributions()
     outside = {}

@@ -111,9 +111,10 @@ def summary(stdout: str) -> dict[str, dict[str, int]]:
 def cluster(tmp_path_factory):
     if sh("docker", "info", check=False).returncode != 0:
         pytest.skip("needs a Docker Engine (./run test starts one)")
-    from provision import inventory, state
-    from provision import spec as spec_mod
-    from provision.sandbox import hostimage
+    from provision.cloud import spec as spec_mod
+    from provision.hosts import inventory
+    from provision.hosts.files import DeploymentFiles
+    from sandbox.cloud import hostimage
 
     root = tmp_path_factory.mktemp("configure")
     tag = f"{LABEL}-{os.getpid()}"
@@ -131,7 +132,9 @@ def cluster(tmp_path_factory):
         pgbase = pgbase_image()
         sh("docker", "network", "create", "--label", f"{LABEL}=1", tag)
         created.append(("network", tag))
-        key = state.private_key_path(NAME)
+        files = DeploymentFiles(NAME)
+        files.folder()
+        key = files.private_key
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", NAME, "-f", str(key))
         names = {"cfgtest-manager": f"{tag}-m", "cfgtest-worker-1": f"{tag}-w1", "cfgtest-worker-2": f"{tag}-w2"}
         for host, container in names.items():

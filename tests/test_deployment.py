@@ -1,4 +1,4 @@
-"""provision.deployment: from a spec to the deployment's database, with a spec, a state folder and an
+"""provision/ops/deployment.py: from a spec to the deployment's database, with a spec, a state folder and an
 inventory written by the tests (the real inventory writer; no cloud needed). The last test backs up
 the real throwaway PostGIS through a spec whose inventory points at it."""
 
@@ -13,7 +13,10 @@ import yaml
 
 from extractor.errors import UserError
 from conftest import assert_one_line_error, run_cbm
-from provision import deployment, inventory, spec as specs, state
+from provision.cloud import spec as specs
+from provision.hosts import inventory
+from provision.hosts.files import DeploymentFiles, write_private
+from provision.ops import backup, deployment
 
 
 def spec_data(name: str = "dktest", db_port: int = 11039) -> dict:
@@ -45,8 +48,9 @@ def write_deployment(tmp_path: Path, manager_ip: str, db_port: int, password: st
              inventory.Host(f"cbm-{name}-worker-0", "worker", "10.0.0.6", "srv-2")]
     inventory.write(spec, hosts, manager_ip, "/dev/vdb", "vol-1")
     if password is not None:
-        state.state_dir(name)
-        state.write_private(deployment.password_file(name), password + "\n")
+        files = DeploymentFiles(name)
+        files.folder()
+        write_private(files.password, password + "\n")
     return path
 
 
@@ -63,15 +67,16 @@ def test_settings_point_at_the_manager_and_keep_the_rest(isolated, tmp_path, mon
     assert s.deployment == "dktest"
 
     dep = deployment.load(path)
-    assert dep.manager_host == "203.0.113.7" and dep.db_port == 12345 and dep.ssh_user == "eouser"
-    assert dep.ssh_key == tmp_path / "state" / "cbm" / "dktest" / "id_ed25519"
+    assert dep.manager_host == "203.0.113.7" and dep.db_port == 12345 and dep.manager.user == "eouser"
+    assert Path(dep.manager.key_file) == tmp_path / "state" / "cbm" / "dktest" / "id_ed25519"
 
 
 def test_env_uses_a_private_pgpass_and_never_the_password_itself(isolated, tmp_path, monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "must-not-survive")
     password = "s3cr:et\\pw"
     path = write_deployment(tmp_path, "203.0.113.7", 12345, password)
-    env = deployment.deployment_env(path)
+    with backup.target(str(path), None) as (_settings, env, _folder):
+        pass
     assert env["PGHOST"] == "203.0.113.7" and env["PGPORT"] == "12345"
     assert env["PGDATABASE"] == deployment.DB_NAME and env["PGUSER"] == deployment.DB_USER
     assert "PGPASSWORD" not in env
@@ -97,7 +102,7 @@ def test_a_deployment_that_is_not_up_is_one_line(isolated, tmp_path):
     (folder / "deployment.yml").unlink()
     path = write_deployment(tmp_path, "203.0.113.7", 12345, password=None, name="nopw")
     with pytest.raises(UserError, match="no database password") as err:
-        deployment.deployment_env(path)
+        deployment.deployment_settings(path)
     assert "configure" in str(err.value)
 
 

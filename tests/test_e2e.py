@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, run_cbm
+from conftest import PARCEL_SAMPLES, run_cbm
 
 pytestmark = pytest.mark.docker
 
-PARCELS = FIXTURES / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
+PARCELS = PARCEL_SAMPLES / "dk_marker_2026" / "Marker_2026.shp"
 START, END = "2026-04-01", "2026-04-30"
 RUNS = [("s2", "-1"), ("s2", "10"), ("s2", "20"), ("bs", "10"), ("c6", "20")]
 
@@ -36,7 +36,7 @@ CHECKSUM = ("SELECT (SELECT count(*) FROM sigs), (SELECT count(*) FROM hists),"
 @pytest.fixture(scope="module")
 def e2e(live_deployment):
     """The shared live deployment, with the generated products in the sandbox's /eodata."""
-    from provision.rehearsal import generate
+    from sandbox.rehearsal import generate
 
     live_deployment.features = generate(Path(live_deployment.sandbox.eodata))
     live_deployment.env["CBM_EXTRACT_POLL"] = "1"
@@ -46,7 +46,7 @@ def e2e(live_deployment):
 @pytest.fixture(scope="module")
 def reference(e2e, postgis):
     """The undisturbed run: same products, parcels and code, one local worker per run."""
-    from extractor.catalog_replay import CatalogReplay
+    from sandbox.catalog_replay import CatalogReplay
 
     postgis.psql("CREATE DATABASE e2e_reference TEMPLATE cbm_template")
     env = {**postgis.env("e2e_reference"), "CBM_EODATA_ROOT": str(e2e.sandbox.eodata),
@@ -76,7 +76,7 @@ def reference(e2e, postgis):
 
 
 def test_onboard(e2e):
-    from extractor.catalog_replay import CatalogReplay
+    from sandbox.catalog_replay import CatalogReplay
 
     with CatalogReplay(features=e2e.features) as cat:
         e2e.env["CBM_CATALOG_URL"] = cat.url

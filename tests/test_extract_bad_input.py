@@ -16,7 +16,7 @@ from rasterio.crs import CRS
 
 from conftest import assert_one_line_error, run_cbm
 from extract_helpers import Scene, add_scene, extract_env, init_db, make_world
-from extractor.extract import synthetic
+from sandbox import synthetic
 
 
 @pytest.fixture(scope="module")

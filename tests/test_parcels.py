@@ -284,9 +284,9 @@ def test_zones_from_real_s2_catalog_reply(db):
     without the epsg column: the zone comes from the names."""
     import json
 
-    from conftest import FIXTURES
+    from conftest import CDSE_REPLIES
 
-    reply = json.loads((FIXTURES / "cdse" / "resto_sentinel2_l2a_page1.json").read_text())
+    reply = json.loads((CDSE_REPLIES / "resto_sentinel2_l2a_page1.json").read_text())
     for f in reply["features"]:
         db.query("INSERT INTO dias_catalogue (obstime, reference, sensor, card, footprint) VALUES"
                  " (%s, %s, '2A', 's2', ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326)))",
@@ -355,7 +355,8 @@ def test_launder_and_hex_of():
     """Column names as ogr2ogr launders them, unique and off our own; WKB hex for any Arrow slice."""
     import pyarrow as pa
 
-    from extractor.parcels import hex_of, launder
+    from extractor.parcel_copy import hex_of
+    from extractor.parcels import launder
 
     assert launder(["Marknr", "IMK areal", "ogc_fid", "marknr", "Afgrøde", "", "x" * 70]) == [
         "marknr", "imk_areal", "ogc_fid_2", "marknr_2", "afgrøde", "field_6", "x" * 63]

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from conftest import REPO, assert_one_line_error, run_cbm
-from provision import inventory
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +77,7 @@ class Deployment:
 
     # -- SSH as Ansible would, from the inventory
     def ssh_commands(self) -> dict[str, list[str]]:
-        inv = inventory.load(self.hosts_yml)["all"]
+        inv = yaml.safe_load(self.hosts_yml.read_text())["all"]
         common = inv["vars"]
         out = {}
         for group in ("manager", "workers"):
@@ -161,7 +160,7 @@ def test_up_from_nothing_then_up_again_changes_nothing(dep, foreign):
 
 
 def test_ssh_with_the_generated_key_into_every_server(dep):
-    inv = inventory.load(dep.hosts_yml)["all"]
+    inv = yaml.safe_load(dep.hosts_yml.read_text())["all"]
     assert inv["vars"]["cbm_db_port"] == 11039 and inv["vars"]["ansible_user"] == "eouser"
     commands = dep.ssh_commands()
     assert len(commands) == 3
@@ -213,15 +212,18 @@ def test_down_keep_volume_then_up_finds_the_files(dep, foreign):
     assert f"{dep.prefix}-manager" in proc.stdout, "the list is printed first"
     assert_one_line_error(proc, "--yes", code=2)
     assert len(dep.owned()["servers"]) == 3, "nothing deleted without confirmation"
-    # on a terminal it asks; anything but yes cancels
-    primary, secondary = os.openpty()
-    os.write(primary, b"n\n")
-    proc = subprocess.run([sys.executable, "-m", "cbm", "down", "--keep-volume", str(dep.spec)], stdin=secondary,
-                          capture_output=True, text=True, env={**os.environ, **dep.env}, timeout=120)
-    os.close(primary)
-    os.close(secondary)
-    assert "[y/N]" in proc.stdout and "cancelled" in proc.stderr and proc.returncode == 2, proc
-    assert len(dep.owned()["servers"]) == 3, "nothing deleted after no"
+    # on a terminal it asks; anything but yes cancels, and so does the end of input (Ctrl-D)
+    for typed in (b"n\n", b"\x04"):
+        primary, secondary = os.openpty()
+        os.write(primary, typed)
+        proc = subprocess.run([sys.executable, "-m", "cbm", "down", "--keep-volume", str(dep.spec)],
+                              stdin=secondary, capture_output=True, text=True, env={**os.environ, **dep.env},
+                              timeout=120)
+        os.close(primary)
+        os.close(secondary)
+        assert "[y/N]" in proc.stdout and "cancelled" in proc.stderr and proc.returncode == 2, proc
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert len(dep.owned()["servers"]) == 3, f"nothing deleted after {typed!r}"
 
     proc = dep.cbm("down", "--keep-volume", "--yes")
     assert "kept" in proc.stdout
@@ -339,7 +341,7 @@ def test_spec_changes_converge(small):
     small.cbm("up")
     assert [s.name for s in small.owned()["servers"]] == ["cbm-tpf-manager"]
     assert small.cbm("plan").stdout.startswith("No changes")
-    assert list(inventory.load(small.hosts_yml)["all"]["children"]["workers"]["hosts"] or {}) == []
+    assert list(yaml.safe_load(small.hosts_yml.read_text())["all"]["children"]["workers"]["hosts"] or {}) == []
 
 
 @pytest.mark.parametrize("key, value, needle", [

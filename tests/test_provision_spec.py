@@ -15,7 +15,9 @@ import yaml
 
 from conftest import REPO, assert_one_line_error, run_cbm
 from cbm.cli import main as cbm_main
-from provision import inventory, spec as specs, state
+from provision.cloud import ownership, spec as specs
+from provision.hosts import inventory
+from provision.hosts.files import DeploymentFiles
 
 EXAMPLE = REPO / "inventories" / "example" / "deployment.yml"
 SANDBOX = REPO / "inventories" / "sandbox" / "deployment.yml"
@@ -128,22 +130,22 @@ def test_unreachable_cloud_is_one_line(isolated, tmp_path):
 
 
 def test_ssh_key_is_private_and_stable(isolated):
-    public = state.ensure_ssh_key("dk")
+    public = DeploymentFiles("dk").ensure_ssh_key()
     folder = Path(isolated["XDG_STATE_HOME"]) / "cbm" / "dk"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for f in folder.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert public.startswith("ssh-ed25519 ")
-    assert state.ensure_ssh_key("dk") == public
+    assert DeploymentFiles("dk").ensure_ssh_key() == public
     # ssh-keygen accepts the private key and derives the same public key
     derived = subprocess.run(["ssh-keygen", "-y", "-f", str(folder / "id_ed25519")], capture_output=True,
                              text=True, check=True).stdout
-    assert state.same_key(derived, public)
+    assert ownership.same_key(derived, public)
 
 
 def test_forget_hosts_drops_only_given_addresses(isolated):
-    state.ensure_ssh_key("dk")
-    kh = state.known_hosts_path("dk")
+    DeploymentFiles("dk").ensure_ssh_key()
+    kh = DeploymentFiles("dk").known_hosts
     kh.write_text("10.0.0.8 ssh-ed25519 AAAA4\n10.0.0.9 ssh-ed25519 AAAA5\n")
     # ssh-keygen -H hashes the names as Debian's HashKnownHosts does; both forms are forgotten
     subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, capture_output=True)
@@ -151,14 +153,14 @@ def test_forget_hosts_drops_only_given_addresses(isolated):
     assert "10.0.0.8" not in kh.read_text()
     kh.write_text("10.0.0.5 ssh-ed25519 AAAA1\n[10.0.0.6]:2222 ssh-ed25519 AAAA2\n10.0.0.7 ssh-ed25519 AAAA3\n"
                   + kh.read_text())
-    state.forget_hosts("dk", {"10.0.0.5", "10.0.0.6", "10.0.0.8"})
+    DeploymentFiles("dk").forget_hosts({"10.0.0.5", "10.0.0.6", "10.0.0.8"})
     assert sorted(line.split()[-1] for line in kh.read_text().splitlines()) == ["AAAA3", "AAAA5"]
     assert stat.S_IMODE(kh.stat().st_mode) == 0o600
 
 
 def test_inventory_is_what_ansible_reads(isolated, tmp_path):
     s = specs.parse(base_spec(), write_spec(tmp_path, base_spec()))
-    state.ensure_ssh_key(s.name)
+    DeploymentFiles(s.name).ensure_ssh_key()
     hosts = [inventory.Host("cbm-rehearsal-manager", "manager", "10.0.0.10", "id-m"),
              inventory.Host("cbm-rehearsal-worker-1", "worker", "10.0.0.11", "id-1"),
              inventory.Host("cbm-rehearsal-worker-2", "worker", "10.0.0.12", "id-2")]
@@ -179,6 +181,6 @@ def test_inventory_is_what_ansible_reads(isolated, tmp_path):
     assert key.parent == Path(isolated["XDG_STATE_HOME"]) / "cbm" / "rehearsal" and key.exists()
     for hv in (m, w):
         assert "StrictHostKeyChecking=accept-new" in hv["ansible_ssh_common_args"]
-        assert str(state.known_hosts_path("rehearsal")) in hv["ansible_ssh_common_args"]
+        assert str(DeploymentFiles("rehearsal").known_hosts) in hv["ansible_ssh_common_args"]
     assert "ProxyCommand" in w["ansible_ssh_common_args"] and "eouser@192.0.2.7" in w["ansible_ssh_common_args"]
     assert "ProxyCommand" not in m["ansible_ssh_common_args"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.sandbox import Sandbox
-from provision.sandbox.hostimage import wait_for_ssh
+from sandbox.cloud import Sandbox
+from sandbox.cloud.hostimage import wait_for_ssh
 
 pytestmark = pytest.mark.docker
 

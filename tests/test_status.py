@@ -16,7 +16,9 @@ import yaml
 
 from conftest import assert_one_line_error, run_cbm
 from extractor import settings as settings_mod
-from provision import status
+from extractor.progress import extraction_progress
+from provision.hosts.files import DeploymentFiles
+from provision.ops import deployment, status
 
 CARD_RUNS = {"s2": (-1, 10, 20), "bs": (10,), "c6": (20,)}
 RUN_LABEL = {-1: "SCL hist", 10: "10 m", 20: "20 m"}
@@ -134,7 +136,7 @@ def test_rate_per_hour_and_eta_follow_the_run_times(dbenv, scenes):
     expected = expected_progress(scenes)
     settings = settings_mod.load(None)
     with dbenv.conn() as conn:
-        progress = {(p["card"], p["res"]): p for p in status.extraction_progress(conn, settings)}
+        progress = {(p["card"], p["res"]): p for p in extraction_progress(conn, settings)}
     conn.close()
     assert set(progress) == set(expected)
     for key, want in expected.items():
@@ -168,14 +170,14 @@ def test_empty_database_and_unreachable_database(dbenv):
     proc = run_cbm("status")
     assert proc.returncode == 0, proc.stderr
     assert "cbm db init" in proc.stdout
-    from extractor.localdb import free_port
+    from sandbox.localdb import free_port
 
     assert_one_line_error(run_cbm("status", env={"PGPORT": str(free_port())}), "cannot connect", code=1)
 
 
 def test_spec_with_unreachable_cloud_and_manager_still_reports_the_database(postgis, tmp_path, monkeypatch):
     """The cloud (a closed port) and the manager's SSH fail: notes, exit 1, the database is still shown."""
-    from extractor.localdb import free_port
+    from sandbox.localdb import free_port
     from test_deployment import write_deployment
 
     clouds = tmp_path / "clouds.yaml"
@@ -203,12 +205,11 @@ def test_swarm_part_reaches_the_manager_over_ssh_with_the_deployment_key(tmp_pat
     """A real sshd host (the sandbox's host image) without Docker: key auth works, the host key is pinned
     in the state folder, and the missing `docker node ls` becomes a one-line reason, not a traceback."""
     from extractor.errors import CbmError
-    from provision import deployment, state
-    from provision.sandbox import hostimage
+    from sandbox.cloud import hostimage
     from test_deployment import write_deployment
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    public = state.ensure_ssh_key("dktest")
+    public = DeploymentFiles("dktest").ensure_ssh_key()
     name = f"cbm-ops-status-{os.getpid()}"
     cid = hostimage.create_host(name, authorized_keys=public, labels={"cbm-ops": "1"})
     try:
@@ -219,8 +220,8 @@ def test_swarm_part_reaches_the_manager_over_ssh_with_the_deployment_key(tmp_pat
         with pytest.raises(CbmError, match=f"docker node ls on {ip} failed") as err:
             status.swarm_nodes(dep)
         assert "\n" not in str(err.value)
-        assert ip in dep.known_hosts.read_text()  # pinned on first contact
-        conn = deployment.manager_ssh(dep)
+        assert ip in dep.files.known_hosts.read_text()  # pinned on first contact
+        conn = dep.manager_ssh()
         try:
             assert conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "eouser"
         finally:

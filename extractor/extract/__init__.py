@@ -7,6 +7,8 @@ Modules by concern (docs/extraction.md has the rules they implement):
   rasterize.py  the rasterized parcels per (CRS, pixel grid), stored in PostGIS for all workers
   kernels.py    numba zonal statistics and SCL histograms (+ a plain NumPy reference)
   writer.py     COPY into sigs / hists
-  worker.py     the loop of `cbm extract run`
-  synthetic.py  generated products with the real layouts (tests, benchmark, local rehearsal)
+  worker.py     the loop of a worker (`cbm extract run`)
+  prepare.py    rasterizing the parcels ahead for the grids of the catalogued scenes (`cbm extract prepare`)
+  options.py    the options of a worker run, shared by `cbm extract run` and the entry point
+  __main__.py   the worker's entry point in the extractor image: python -m extractor.extract run ...
 """

@@ -14,9 +14,8 @@ parcel by `offsets` (CSR: the runs of parcel i are offsets[i]:offsets[i+1]). Rul
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
-STATS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
+from numba import njit, prange, types
+from numba.extending import overload
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -181,46 +180,37 @@ def _parcel_basic(img, rows, cols, lens, offsets, p, row):
     return vals, m
 
 
-# One parallel kernel per percentile method (numba caches these; a function argument would not be).
+def _quantiles(vals, m, out):
+    """p25, p50, p75 into out[5:8] by the method for the type of the values (chosen by numba when
+    it compiles a kernel for a band type, see _quantiles_for); callable from numba code only."""
+    raise NotImplementedError("numba code only")
+
+
+@overload(_quantiles, jit_options={"nogil": True})
+def _quantiles_for(vals, m, out):
+    if vals.dtype in (types.uint8, types.uint16):
+        return lambda vals, m, out: _quantiles_u16(vals, m, out)
+    if vals.dtype == types.float32:
+        return lambda vals, m, out: _quantiles_f32(vals, m, out)
+    return lambda vals, m, out: _quantiles_sorted(vals, m, out)
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _zonal_stats_u16(img, rows, cols, lens, offsets):
+def _zonal_stats(img, rows, cols, lens, offsets):
     out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
     for p in prange(offsets.shape[0] - 1):
         vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
         if m:
-            _quantiles_u16(vals, m, out[p])
-    return out
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _zonal_stats_f32(img, rows, cols, lens, offsets):
-    out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
-    for p in prange(offsets.shape[0] - 1):
-        vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
-        if m:
-            _quantiles_f32(vals, m, out[p])
-    return out
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _zonal_stats_sorted(img, rows, cols, lens, offsets):
-    out = np.zeros((offsets.shape[0] - 1, 8), dtype=np.float64)
-    for p in prange(offsets.shape[0] - 1):
-        vals, m = _parcel_basic(img, rows, cols, lens, offsets, p, out[p])
-        if m:
-            _quantiles_sorted(vals, m, out[p])
+            _quantiles(vals, m, out[p])
     return out
 
 
 def zonal_stats(img, rows, cols, lens, offsets) -> np.ndarray:
     """Per parcel: count, mean, std, min, max, p25, p50, p75 of the valid pixels (float64 (P, 8)).
     Percentiles: a histogram selection for unsigned integer bands (S2 DN), a radix sort for
-    float32 (S1), a comparison sort otherwise; all give numpy.percentile's 'linear' values."""
-    if img.dtype in (np.uint8, np.uint16):
-        return _zonal_stats_u16(img, rows, cols, lens, offsets)
-    if img.dtype == np.float32:
-        return _zonal_stats_f32(img, rows, cols, lens, offsets)
-    return _zonal_stats_sorted(img, rows, cols, lens, offsets)
+    float32 (S1), a comparison sort otherwise; all give numpy.percentile's 'linear' values.
+    numba compiles (and caches) one kernel per band type, with the method of that type."""
+    return _zonal_stats(img, rows, cols, lens, offsets)
 
 
 @njit(parallel=True, cache=True, nogil=True)

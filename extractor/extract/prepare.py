@@ -12,6 +12,7 @@ import time
 from psycopg2 import sql
 
 from extractor.db import table
+from extractor.errors import UserError
 from extractor.extract import cards, rasterize, sources, worker
 from extractor.extract.cards import SceneError
 
@@ -58,8 +59,6 @@ def prepare(conn, settings, *, aoi=None, parcels=None, start=None, end=None, car
     """Yields progress lines."""
     x = settings.extract
     filters = worker.check_filters(conn, settings, aoi or x.aoi, start or x.start, end or x.end)
-    from extractor.errors import UserError
-
     name = parcels or x.parcels
     if not name:
         raise UserError("no parcel table given; pass --parcels TABLE or set extract.parcels")

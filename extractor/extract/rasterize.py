@@ -32,8 +32,9 @@ import shapely
 from numba import njit
 from psycopg2 import sql
 from rasterio import Affine
+from rasterio.crs import CRS
 
-from extractor.errors import CbmError
+from extractor.errors import CbmError, UserError, one_line
 from extractor.db import table
 from extractor.extract.cards import PARCEL_SQL, SceneError
 
@@ -93,8 +94,6 @@ class ParcelSource:
 
 
 def parcel_source(conn, settings, name: str) -> ParcelSource:
-    from extractor.errors import UserError
-
     t = table(settings, name)
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)::oid", (f'"{settings.db.schema}"."{name}"',))
@@ -162,8 +161,6 @@ def _fetch_geometries(conn, settings, source: ParcelSource, key: GridKey):
             if cur.fetchone():
                 target = int(key.crs[5:])
     if target is None:
-        from rasterio.crs import CRS
-
         target = CRS.from_user_input(key.crs).to_wkt()
     query = sql.SQL("SELECT ogc_fid, ST_AsBinary(ST_Transform(wkb_geometry, %s)) FROM {}"
                     " WHERE wkb_geometry IS NOT NULL AND NOT ST_IsEmpty(wkb_geometry)").format(t)
@@ -178,7 +175,7 @@ def _fetch_geometries(conn, settings, source: ParcelSource, key: GridKey):
             raise
         with conn.cursor() as cur:
             cur.execute("ROLLBACK TO SAVEPOINT fetch_parcels")
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise SceneError(PARCEL_SQL, f"parcels of {source.name} cannot be reprojected to {key.crs[:80]}: {reason}") from None
     fids = np.array([r[0] for r in rows], dtype=np.int64)
     geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
@@ -328,7 +325,7 @@ def ensure_grid(conn, settings, source: ParcelSource, key: GridKey) -> int:
                 return grid_id
     except psycopg2.errors.DiskFull as exc:
         raise CbmError(f"cannot store the rasterized parcels ({key.label()}): the database disk is full "
-                       f"({' '.join(str(exc).split())[:160]}); free space on the database volume and re-run") from None
+                       f"({one_line(exc)[:160]}); free space on the database volume and re-run") from None
 
 
 class GridCache:

@@ -4,7 +4,7 @@ Products are found from the catalogue's product_path (the CDSE productIdentifier
   * on a mounted tree: <settings.eodata.root>/<path without the leading /eodata/>
   * over S3 when settings.s3.endpoint is set: /vsis3/<bucket>/<same key>, read through GDAL with
     the endpoint, keys and path style passed as GDAL config in rasterio.Env (never logged).
-Layouts (../shared/reference/cdse.md):
+The product layouts on CDSE:
   s2  <SAFE>/GRANULE/<listed>/IMG_DATA/R10m|R20m/<...>_<band>_<res>m.jp2
   bs  <product>/<listed>.data/Gamma0_<VV|VH>.img (+ .hdr)
   c6  <product>/<listed>.tif, band 1 = VV, band 2 = VH
@@ -21,6 +21,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from extractor.errors import one_line
 from extractor.extract.cards import NO_BAND_FILE, RIO_ERROR, RunSpec, SceneError
 
 EODATA_PREFIX = "/eodata/"
@@ -84,7 +85,7 @@ def product_location(settings, product_path: str | None) -> str:
 def list_dir(settings, path: str) -> list[str]:
     """Names directly inside a folder (local or S3); [] when it does not exist."""
     if path.startswith("/vsis3/"):
-        import pyogrio.core as vsi
+        import pyogrio.core as vsi  # lazy: only S3 listing needs pyogrio (which loads pyarrow when installed)
 
         _s3_config_for_pyogrio(settings)
         try:
@@ -104,7 +105,7 @@ def list_dir(settings, path: str) -> list[str]:
 
 
 def _s3_config_for_pyogrio(settings) -> None:
-    import pyogrio
+    import pyogrio  # lazy: as in list_dir
 
     opts = {k: v for k, v in gdal_options(settings).items() if k.startswith(("AWS_", "CPL_", "GDAL_HTTP"))}
     pyogrio.set_gdal_config_options(opts)
@@ -201,4 +202,4 @@ class BandReader:
                 with rasterio.open(f.path) as ds:
                     return ds.read(f.index, window=self.window)
         except rasterio.errors.RasterioError as exc:
-            raise SceneError(RIO_ERROR, f"cannot read {f.path}: {' '.join(str(exc).split())}") from None
+            raise SceneError(RIO_ERROR, f"cannot read {f.path}: {one_line(exc)}") from None

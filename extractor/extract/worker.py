@@ -7,6 +7,7 @@ process it, repeat; when nothing is claimable, wait while other workers still ho
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import psycopg2
 from psycopg2 import sql
 from rasterio.windows import Window
 
-from extractor.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError, one_line
 from extractor import db
 from extractor.db import table
 from extractor.extract import cards, claims, kernels, rasterize, sources, writer
@@ -49,8 +50,6 @@ class SceneResult:
 
 
 def check_filters(conn, settings, aoi: str | None, start: str | None, end: str | None) -> claims.Filters:
-    import datetime as dt
-
     if not aoi:
         raise UserError("no AOI given; pass --aoi NAME or set extract.aoi (see cbm aoi add)")
     for name, value in (("--start", start), ("--end", end)):
@@ -242,7 +241,7 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
                     _rollback(conn)
                     _try_release(settings, c, f"{type(exc).__name__}: {exc}")
                     raise CbmError(f"scene {c.obsid} {c.reference} failed unexpectedly ({type(exc).__name__}: "
-                                   f"{' '.join(str(exc).split())[:200]}); it was given back for another try") from exc
+                                   f"{one_line(exc)[:200]}); it was given back for another try") from exc
             done += 1
             secs = result.seconds
             extra = (f", {result.parcels} parcels, {result.rows} rows in {secs['total']:.1f} s"
@@ -252,7 +251,7 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
             if once:
                 break
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc)[:200]
         raise CbmError(f"lost the database {db.describe(settings)} ({reason}); the scene in progress was not "
                        "written and is taken back by a worker once its lease expires") from None
     finally:

@@ -1,0 +1,55 @@
+"""Configure a deployment's hosts with Ansible (playbooks/site.yml), and run its other playbooks.
+
+The postgres password is generated once into the state folder (db_password, 0600) and never
+passed on a command line; the roles read it from there (no_log).
+
+Optional: `configure.yml` next to the spec holds extra variables for the roles (e.g. the
+sandbox builds its PostGIS image on the host instead of pulling one):
+    postgis_image_source: build
+    postgis_build_base_image: cbm-sandbox/base:bookworm
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from extractor.errors import UserError, one_line
+from provision.hosts import ansible
+from provision.hosts.files import DeploymentFiles
+
+EXTRA_VARS_FILE = "configure.yml"
+
+
+def user_vars(spec) -> dict:
+    """The role variables of `configure.yml` next to the spec ({} without one)."""
+    path = spec.path.parent / EXTRA_VARS_FILE
+    if not path.exists():
+        return {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {one_line(exc)}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: must be a mapping of role variables (name: value)")
+    return values
+
+
+def role_vars(spec) -> dict:
+    """Every playbook's variables: configure.yml, the state folder (the password file in it is made
+    here, once) and the authorized keys."""
+    files = DeploymentFiles(spec.name)
+    files.ensure_password()
+    return {**user_vars(spec), "cbm_state_dir": str(files.root),
+            "cbm_extra_authorized_keys": list(spec.extra_authorized_keys)}
+
+
+def run(spec, playbook: str, extravars: dict | None = None, check: bool = False, out=None,
+        verb: str = "running", limit: str | None = None) -> int:
+    """playbooks/<playbook> on the deployment with the role variables (plus `extravars`)."""
+    return ansible.run_playbook(spec, playbook, {**role_vars(spec), **(extravars or {})}, check=check, out=out,
+                                verb=verb, limit=limit)
+
+
+def configure(spec, check: bool = False, out=None) -> int:
+    """Run playbooks/site.yml on the deployment; returns 0, or raises CbmError (exit code = runner rc)."""
+    return run(spec, "site.yml", check=check, out=out, verb="configuring")

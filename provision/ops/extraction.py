@@ -1,0 +1,174 @@
+"""Extraction on the deployment's swarm, ending by itself (`cbm extract swarm SPEC --card C [--res R | --all]`).
+
+For each run (card, resolution): build the extractor image here (provision/ops/extractor_image.py), hand
+it to the workers (`docker save` archive, roles/extractor_service), run it as a swarm service of N
+replicas on the workers (playbooks/extract.yml), follow the progress in the database (scenes done
+and left, rows written, rate, ETA), and remove the service as soon as no scene of the run is left
+to claim or in progress. `--card s2 --all` runs the seed's S2 order: SCL histograms (-1), then
+10 m, then 20 m bands, each run tracked on its own (extraction_runs), no status is reset.
+
+Workers that die are restarted by the swarm (restart on failure); their scene is taken back when
+its lease expires (extract.lease). A run whose tasks all ended while scenes are left, or that makes
+no progress while the service has no running task, stops with a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+
+from extractor import db, progress
+from extractor.errors import CbmError, UserError
+from extractor.extract import cards
+from provision.hosts import ssh
+from provision.ops import configure, deployment, extractor_image, onboard
+
+SERVICE_PREFIX = "cbm-extract"
+STUCK_AFTER = 180.0  # seconds without progress and without a live claim before we look at the tasks
+
+
+def service_name(card: str, res: int) -> str:
+    return f"{SERVICE_PREFIX}-{card}-{'scl' if res == -1 else res}"
+
+
+def runs_for(settings, card: str, res: int | None, all_runs: bool) -> list[int]:
+    if card not in cards.CARDS:
+        raise UserError(f"unknown card '{card}'; use one of {', '.join(cards.CARDS)}")
+    if all_runs:
+        return list(cards.card_runs(settings, card))
+    if res is None:
+        if card == "s2":
+            raise UserError("--card s2 needs --res -1 (SCL histograms), 10 or 20, or --all for the three in order")
+        return [cards.RESOLUTIONS[card][0]]
+    cards.run_spec(settings, card, res)  # validates the pair
+    return [res]
+
+
+def progress_of(settings, card: str, res: int) -> dict:
+    with db.session(settings) as conn:
+        return progress.run_progress(conn, settings, card, res)
+
+
+def service_tasks(dep, name: str) -> list[dict]:
+    """`docker service ps` of the service on the manager (desired and current states, errors)."""
+    conn = dep.manager_ssh()
+    try:
+        result = ssh.docker(conn, f"service ps {name} --no-trunc --format '{{{{json .}}}}'")
+    finally:
+        conn.close()
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def _playbook(spec, extravars: dict, out) -> None:
+    log = io.StringIO()  # the per-task lines only matter when it fails (the error names host and task)
+    try:
+        configure.run(spec, "extract.yml", extravars=extravars, out=log)
+    except CbmError:
+        out(log.getvalue().rstrip())
+        raise
+
+
+def service_failure(dep, name: str) -> str | None:
+    """Why the service's tasks fail, if they do: the last task error and log line; None if a task runs."""
+    tasks = service_tasks(dep, name)
+    if any(t.get("CurrentState", "").startswith(("Running", "Starting", "Preparing", "Assigned", "Pending"))
+           for t in tasks if t.get("DesiredState") == "Running"):
+        return None
+    errors = [t.get("Error") for t in tasks if t.get("Error")]
+    conn = dep.manager_ssh()
+    try:
+        logs = ssh.docker(conn, f"service logs --raw --tail 5 {name}", merge_stderr=True).stdout
+    finally:
+        conn.close()
+    last = [line.strip() for line in logs.splitlines() if line.strip()]
+    return "; ".join(x for x in (errors[0] if errors else "", f"last log line: {last[-1]}" if last else "") if x) \
+        or "no task runs"
+
+
+def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progress=None) -> dict:
+    """Wait until the run has nothing left; `on_progress(row)` after every poll; returns the last row.
+
+    Live claims (leases) in the database mean workers are busy. No progress and no live claim for
+    STUCK_AFTER seconds: the service's tasks are asked why (e.g. they cannot reach the database)."""
+    last_done, last_busy = -1, time.monotonic()
+    while True:
+        row = progress_of(settings, card, res)
+        if on_progress:
+            on_progress(row)
+        if row["left"] == 0:
+            return row
+        done = row["done"] + row["failed"]
+        if done != last_done or row["running"]:
+            last_done, last_busy = done, time.monotonic()
+        elif time.monotonic() - last_busy > STUCK_AFTER:
+            why = service_failure(dep, name)
+            if why:
+                raise CbmError(f"service {name}: {row['left']} scene(s) left but its workers fail: {why}")
+            last_busy = time.monotonic()
+        time.sleep(poll)
+
+
+def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = False, replicas: int | None = None,
+          aoi: str | None = None, parcels: str | None = None, start: str | None = None, end: str | None = None,
+          base_image: str | None = None, lease: int | None = None, poll: float = 3.0, config: str | None = None,
+          out=print, follower=None) -> list[dict]:
+    """Run the card's runs one after the other; the last progress row of each. `follower(card, res)` is a
+    context manager factory yielding an `on_progress(row)` callback (the command's progress bar)."""
+    dep = deployment.load(spec_path)
+    settings = deployment.deployment_settings(spec_path, config)
+    resolutions = runs_for(settings, card, res, all_runs)
+    record = onboard.read_record(dep)
+    aoi = aoi or record.get("aoi") or settings.extract.aoi
+    parcels = parcels or record.get("parcels") or settings.extract.parcels
+    start = start or record.get("start") or settings.extract.start
+    end = end or (onboard.extraction_end(record["end"]) if record.get("end") else settings.extract.end)
+    if not aoi or not parcels:
+        raise UserError(f"no AOI/parcel table known for deployment {dep.name}; run cbm onboard {spec_path} first "
+                        "or pass --aoi and --parcels")
+    replicas = replicas or max(1, dep.spec.workers)
+    # configure.yml next to the spec may name a local base image (the sandbox: nothing can be pulled).
+    base = base_image or configure.user_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
+    out(f"== extractor image (base {base})")
+    image = extractor_image.build(base=base)
+    archive = dep.files.images / f"{image.replace('/', '_').replace(':', '-')}.tar"
+    if not archive.exists():  # the tag names the content: an archive of it is never stale
+        for old in archive.parent.glob("cbm_extractor-*.tar"):
+            old.unlink()
+        extractor_image.save(image, archive)
+    env = {"CBM_EXTRACT_AOI": aoi, "CBM_EXTRACT_PARCELS": parcels}
+    if start:
+        env["CBM_EXTRACT_START"] = str(start)
+    if end:
+        env["CBM_EXTRACT_END"] = str(end)
+    if lease:
+        env["CBM_EXTRACT_LEASE"] = str(lease)
+    results = []
+    for r in resolutions:
+        name = service_name(card, r)
+        out(f"== {name}: {replicas} worker(s) on the swarm")
+        common = {"extractor_service_name": name, "extractor_service_image": image,
+                  "extractor_service_password_file": str(dep.files.password)}
+        _playbook(dep.spec, {**common, "extractor_service_state": "present",
+                              "extractor_service_image_archive": str(archive),
+                              "extractor_service_replicas": replicas,
+                              "extractor_service_db_port": dep.db_port,
+                              "extractor_service_args": ["extract", "run", "--card", card, "--res", str(r)],
+                              "extractor_service_env": env}, out)
+        t0 = time.monotonic()
+        try:
+            with (follower or _no_follower)(card, r) as on_progress:
+                row = follow(settings, dep, card, r, name, poll, on_progress)
+        finally:
+            _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out)
+        out(f"   {name}: {row['done']} scene(s) done, {row['failed']} failed, {row['rows']:,} rows "
+            f"in {time.monotonic() - t0:.0f} s; service removed")
+        results.append(row)
+    return results
+
+
+@contextlib.contextmanager
+def _no_follower(card: str, res: int):
+    yield None
+

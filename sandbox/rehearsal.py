@@ -1,0 +1,225 @@
+"""The local rehearsal (`./run demo`): a whole Member State onboarding on the sandbox cloud.
+
+  1. start the sandbox cloud (a local OpenStack whose servers are containers) with a generated
+     /eodata tree: S2 L2A (JP2), CARD-BS (ENVI) and CARD-COH6 (GeoTIFF) products over the Danish
+     sample parcels, in the real layouts;
+  2. `cbm up` the example spec inventories/sandbox/deployment.yml: 1 manager + 2 workers, volume,
+     security group, floating IP, then Ansible: Docker on the volume, PostGIS, schema, swarm;
+  3. `cbm onboard`: the real DK parcels, the AOI, the catalog (from a local stand-in of the CDSE
+     resto API that lists the generated products), the rasterized parcels;
+  4. `cbm extract swarm` for s2 (SCL, 10 m, 20 m), bs and c6: swarm services that end by themselves;
+  5. `cbm status`, and the line that tears it all down.
+The environment is left up. Each step prints its wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+from rasterio import Affine
+from rasterio.warp import transform_geom
+
+from sandbox import synthetic
+from sandbox.catalog_replay import CatalogReplay
+from sandbox.cloud import Sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = REPO / "inventories" / "sandbox" / "deployment.yml"
+PARCELS = REPO / "examples" / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
+START, END = "2026-04-01", "2026-04-30"
+S2_DATES = [dt.datetime(2026, 4, 3, 10, 30, 21), dt.datetime(2026, 4, 13, 10, 30, 21), dt.datetime(2026, 4, 23, 10, 30, 21)]
+S1_DATES = [dt.datetime(2026, 4, 5, 5, 30, 12), dt.datetime(2026, 4, 17, 5, 30, 12)]
+WINDOW = 12_000   # metres: the generated scenes cover a 12 km square around a cluster of parcels
+WINDOWS = 2       # ... at the two densest places of the sample
+# Variables of the rehearsal's environment that decide where `cbm` finds its files: the deployment's
+# local state and the sandbox's state (XDG_STATE_HOME), the settings file (XDG_CONFIG_HOME).
+STATE_VARS = ("XDG_STATE_HOME", "XDG_CONFIG_HOME")
+
+
+# -- generated products ----------------------------------------------------------------------
+def mgrs_tile(zone: int, x: float, y: float, lat: float) -> str:
+    """The MGRS 100 km square of a UTM coordinate (zone number, latitude band, column, row)."""
+    cols = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")[(zone - 1) % 3]
+    rows = "ABCDEFGHJKLMNPQRSTUV"
+    band = "CDEFGHJKLMNPQRSTUVWX"[int((lat + 80) // 8)]
+    return f"{zone:02d}{band}{cols[int(x // 100000) - 1]}{rows[(int(y // 100000) + (5 if zone % 2 == 0 else 0)) % 20]}"
+
+
+def parcel_windows(count: int = WINDOWS, size: float = WINDOW) -> list[tuple[float, float]]:
+    """Top-left corners (UTM 32N, 20 m aligned) of the squares holding the most sample parcels."""
+    # The DK sample is in EPSG:25832 (ETRS89 / UTM 32N), within a metre of WGS84 / UTM 32N.
+    bounds = pyogrio.read_bounds(str(PARCELS))[1]          # (xmin, ymin, xmax, ymax) per parcel
+    centres = np.column_stack([(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2])
+    cells: dict[tuple[int, int], int] = {}
+    for x, y in centres:
+        key = (int(x // size), int(y // size))
+        cells[key] = cells.get(key, 0) + 1
+    best = sorted(cells.items(), key=lambda kv: -kv[1])[:count]
+    out = []
+    for (cx, cy), _ in best:
+        x0 = cx * size - 1000
+        y1 = (cy + 1) * size + 1000
+        out.append((float(x0 // 20 * 20), float(-(-y1 // 20) * 20)))
+    return out
+
+
+def generate(eodata: Path) -> dict:
+    """Write the products under `eodata` and return the stand-in catalog's features per collection."""
+    rng = np.random.default_rng(2026)
+    epsg = 32632
+    n10 = int((WINDOW + 2000) // 10)
+    n20 = n10 // 2
+    features: dict[str, list] = {"Sentinel2": [], "Sentinel1": []}
+
+    def footprint(x0, y0, width_m, crs=f"EPSG:{epsg}"):
+        ring = [[x0, y0], [x0 + width_m, y0], [x0 + width_m, y0 - width_m], [x0, y0 - width_m], [x0, y0]]
+        return transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+
+    def feature(path: str, geom: dict, when: dt.datetime, ptype: str, collection: str) -> None:
+        title = path.rsplit("/", 1)[-1]
+        features[collection].append({"type": "Feature", "id": title, "geometry": geom, "properties": {
+            "title": title, "productIdentifier": path, "startDate": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "completionDate": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "productType": ptype,
+            "platform": title[:3], "processingBaseline": 5.1 if collection == "Sentinel2" else None}})
+
+    def field(shape, lo, hi, dtype):
+        """Blocky values (fields of 200 m) with a little noise: compresses like real imagery."""
+        cells = rng.uniform(lo, hi, (shape[0] // 20 + 1, shape[1] // 20 + 1))
+        grid = np.kron(cells, np.ones((20, 20)))[: shape[0], : shape[1]]
+        return (grid + rng.normal(0, (hi - lo) / 50, shape)).clip(lo, hi).astype(dtype)
+
+    for k, (x0, y0) in enumerate(parcel_windows()):
+        geom = footprint(x0, y0, n10 * 10)
+        lon, lat = geom["coordinates"][0][0]
+        tile = mgrs_tile(32, x0, y0, lat)
+        for i, when in enumerate(S2_DATES):
+            bands10 = {b: field((n10, n10), 800, 4000, np.uint16) for b in ("B02", "B03", "B04", "B08")}
+            bands20 = {b: field((n20, n20), 800, 5000, np.uint16) for b in ("B05", "B06", "B07", "B8A", "B11", "B12")}
+            scl = np.array([4, 4, 4, 5, 8, 9], dtype=np.uint8)
+            bands20["SCL"] = scl[field((n20, n20), 0, 5.99, np.float32).astype(int)]
+            bands10["B02"][: n10 // 6] = 0  # a nodata strip, as at a swath edge
+            path = synthetic.write_s2(eodata, when, tile, epsg, x0, y0, bands10, bands20,
+                                      sat="S2A" if i % 2 else "S2B")
+            feature(path, geom, when, "S2MSI2A", "Sentinel2")
+        # S1 CARD products in geographic WGS84 (SNAP's default), covering the same square.
+        west, north = geom["coordinates"][0][0]
+        xs = [p[0] for p in geom["coordinates"][0]]
+        ys = [p[1] for p in geom["coordinates"][0]]
+        for card, px, writer, ptype in (("bs", 9e-5, synthetic.write_bs, "CARD-BS"),
+                                        ("c6", 1.8e-4, synthetic.write_c6, "CARD-COH6")):
+            w = int((max(xs) - min(xs)) / px) + 1
+            h = int((max(ys) - min(ys)) / px) + 1
+            transform = Affine(px, 0, min(xs), 0, -px, max(ys))
+            for when in S1_DATES:
+                hi = 0.3 if card == "bs" else 0.9
+                vv, vh = field((h, w), 0.01, hi, np.float32), field((h, w), 0.01, hi, np.float32)
+                path = writer(eodata, when + dt.timedelta(minutes=k), "EPSG:4326", transform, vv, vh)
+                ring = [[min(xs), min(ys)], [max(xs), min(ys)], [max(xs), max(ys)], [min(xs), max(ys)], [min(xs), min(ys)]]
+                feature(path, {"type": "Polygon", "coordinates": [ring]}, when, ptype, "Sentinel1")
+    (eodata / "catalog.json").write_text(json.dumps(features))
+    return features
+
+
+# -- the rehearsal ---------------------------------------------------------------------------
+def cbm_program() -> str:
+    """This Python's `cbm` as a new shell in the repository root runs it (no venv on PATH needed)."""
+    script = Path(sys.executable).parent / "cbm"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m cbm"
+    try:
+        return str(script.absolute().relative_to(REPO))
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
+
+
+def teardown_line(sandbox: Sandbox, spec: Path, env: dict[str, str]) -> str:
+    """The line that tears the rehearsal down, pasted as it is into a new shell in the repository
+    root: it names the sandbox's clouds.yaml and cloud, and the state/config folders the rehearsal's
+    `cbm` calls used (`env`), so both commands find what the rehearsal made."""
+    cbm = cbm_program()
+    folders = [f"{name}={shlex.quote(env[name])}" for name in STATE_VARS if env.get(name)]
+    cloud = [f"{name}={shlex.quote(value)}" for name, value in sandbox.env.items()]
+    down = " ".join([*cloud, *folders, cbm, "down", shlex.quote(str(spec)), "--yes"])
+    stop = " ".join([*folders, cbm, "sandbox", "stop", "--purge"])
+    return f"{down} && {stop}"
+
+
+class Steps:
+    def __init__(self, env: dict, teardown: str):
+        self.env = env
+        self.teardown = teardown
+        self.times: list[tuple[str, float]] = []
+
+    def cbm(self, title: str, *args: str) -> None:
+        print(f"\n== {title}\n$ cbm {' '.join(shlex.quote(str(a)) for a in args)}", flush=True)
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "cbm", *map(str, args)], env=self.env, cwd=REPO)
+        took = time.monotonic() - t0
+        self.times.append((title, took))
+        print(f"   ({took:.0f} s)", flush=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"rehearsal: step '{title}' failed (exit {proc.returncode}); the environment is left "
+                             f"as it is; tear it down from {REPO} with: {self.teardown}")
+
+    def timed(self, title: str, fn):
+        print(f"\n== {title}", flush=True)
+        t0 = time.monotonic()
+        result = fn()
+        self.times.append((title, time.monotonic() - t0))
+        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+        return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="the local rehearsal of a Member State onboarding")
+    parser.parse_args()
+    t0 = time.monotonic()
+    sandbox = Sandbox()
+    # Generated once and reused: a cache, outside the sandbox's state (which --purge removes).
+    eodata = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cbm" / "rehearsal-eodata"
+    env = {**os.environ}
+    env.pop("CBM_CONFIG", None)
+    spec = SPEC.relative_to(REPO)
+    steps = Steps(env, teardown_line(sandbox, spec, env))
+
+    def make_data():
+        eodata.mkdir(parents=True, exist_ok=True)
+        cached = eodata / "catalog.json"
+        if cached.is_file():
+            print(f"   reusing the products in {eodata}")
+            return json.loads(cached.read_text())
+        return generate(eodata)
+
+    features = steps.timed(f"generate the /eodata tree ({eodata})", make_data)
+    print(f"   {len(features['Sentinel2'])} S2 L2A and {len(features['Sentinel1'])} S1 CARD products")
+    steps.cbm("start the sandbox cloud", "sandbox", "start", "--eodata", eodata)
+    env.update(sandbox.env)
+    steps.cbm("provision and configure 1 manager + 2 workers", "up", spec)
+    with CatalogReplay(features=features) as cat:
+        env["CBM_CATALOG_URL"] = cat.url
+        env["CBM_EODATA_ROOT"] = str(eodata)  # this machine sees the tree too: S1 grids are read here
+        steps.cbm("onboard the Danish sample parcels", "onboard", spec, "--parcels", PARCELS, "--aoi", "dk",
+                  "--from", START, "--to", END, "--cards", "s2,bs,c6")
+    for card in ("s2", "bs", "c6"):
+        steps.cbm(f"extract {card} on the swarm", "extract", "swarm", spec, "--card", card, "--all")
+    steps.cbm("status", "status", spec)
+    print("\n== wall times")
+    for title, took in steps.times:
+        print(f"   {took:7.0f} s  {title}")
+    print(f"   {time.monotonic() - t0:7.0f} s  in all")
+    print(f"\nThe environment is up. Tear it down (in a shell in {REPO}) with:\n  {steps.teardown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
