@@ -14,12 +14,25 @@ import os
 import sys
 
 from cbm import __version__
-from extractor.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError, failure
 
-# Modules that contribute subcommands, in the order they appear in `cbm --help`.
-COMMAND_MODULES = ("cbm.commands.cloud", "cbm.commands.sandbox", "cbm.commands.configure", "cbm.commands.status",
-                   "cbm.commands.onboard", "cbm.commands.upgrade", "cbm.commands.config", "cbm.commands.db", "cbm.commands.parcels", "cbm.commands.aoi",
-                   "cbm.commands.catalog", "cbm.commands.extract")
+# The modules that contribute subcommands and the top-level commands each adds, in the order of
+# `cbm --help`. A command line naming one of these commands imports only its module (the others pull
+# openstacksdk, ansible-runner, numba...: a second of start-up for nothing); help imports them all.
+COMMAND_MODULES = {
+    "cbm.commands.cloud": ("up", "plan", "down"),
+    "cbm.commands.sandbox": ("sandbox",),
+    "cbm.commands.configure": ("configure",),
+    "cbm.commands.status": ("status",),
+    "cbm.commands.onboard": ("onboard",),
+    "cbm.commands.upgrade": ("upgrade",),
+    "cbm.commands.config": ("config",),
+    "cbm.commands.db": ("db",),
+    "cbm.commands.parcels": ("parcels",),
+    "cbm.commands.aoi": ("aoi",),
+    "cbm.commands.catalog": ("catalog",),
+    "cbm.commands.extract": ("extract",),
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,13 +42,27 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules(argv: list[str] | None) -> list[str]:
+    """The modules to register for this command line: the one owning its command, else all."""
+    pre = Parser(add_help=False)
+    add_common_options(pre)
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _rest = pre.parse_known_args(argv)
+    except UserError:   # a malformed common option: the full parser says what is wrong
+        return list(COMMAND_MODULES)
+    owners = [m for m, commands in COMMAND_MODULES.items() if getattr(known, "command", None) in commands]
+    return owners or list(COMMAND_MODULES)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `cbm` parser; with `argv`, only the commands that command line needs are registered."""
     parser = Parser(prog="cbm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cbm-onboard {__version__}")
     add_common_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in (command_modules(argv) if argv is not None else COMMAND_MODULES):
         importlib.import_module(name).register(sub)
     return parser
 
@@ -75,8 +102,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         for name, default in (("config", None), ("deployment", None), ("verbose", 0), ("quiet", False)):
             if not hasattr(args, name):
@@ -84,12 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.verbose, args.quiet)
         rc = args.func(args)
         return int(rc or 0)
-    except CbmError as exc:
-        print(f"cbm: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("cbm: interrupted", file=sys.stderr)
-        return 130
+    except (CbmError, KeyboardInterrupt) as exc:
+        line, code = failure(exc)
+        print(line, file=sys.stderr)
+        return code
     except BrokenPipeError:
         # stdout closed early (e.g. `cbm ... | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

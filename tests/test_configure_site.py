@@ -111,6 +111,7 @@ def summary(stdout: str) -> dict[str, dict[str, int]]:
 def cluster(tmp_path_factory):
     if sh("docker", "info", check=False).returncode != 0:
         pytest.skip("needs a Docker Engine (./run test starts one)")
+    from provision.cloud import reconcile
     from provision.cloud import spec as spec_mod
     from provision.hosts import inventory
     from provision.hosts.files import DeploymentFiles
@@ -173,7 +174,7 @@ def cluster(tmp_path_factory):
             "postgis_image_source": "build", "postgis_image": "cbm-configure-test/postgis:15-3",
             "postgis_build_base_image": pgbase, "postgis_build_cache_dir": str(CACHE / "images")}))
         spec = spec_mod.load(spec_path)
-        hosts = [inventory.Host(h, "manager" if h.endswith("manager") else "worker", ip, names[h])
+        hosts = [reconcile.Host(h, "manager" if h.endswith("manager") else "worker", ip, names[h])
                  for h, ip in ips.items()]
         inventory.write(spec, hosts, ips["cfgtest-manager"], "/dev/vdb", "test-volume")
         yield Cluster(root=root, env=env, spec=spec_path, containers=names, ips=ips, manager="cfgtest-manager")

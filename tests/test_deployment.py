@@ -13,6 +13,7 @@ import yaml
 
 from extractor.errors import UserError
 from conftest import assert_one_line_error, run_cbm
+from provision.cloud import reconcile
 from provision.cloud import spec as specs
 from provision.hosts import inventory
 from provision.hosts.files import DeploymentFiles, write_private
@@ -44,8 +45,8 @@ def write_deployment(tmp_path: Path, manager_ip: str, db_port: int, password: st
     path = folder / "deployment.yml"
     path.write_text(yaml.safe_dump(spec_data(name, db_port)))
     spec = specs.load(path)
-    hosts = [inventory.Host(f"cbm-{name}-manager", "manager", "10.0.0.5", "srv-1"),
-             inventory.Host(f"cbm-{name}-worker-0", "worker", "10.0.0.6", "srv-2")]
+    hosts = [reconcile.Host(f"cbm-{name}-manager", "manager", "10.0.0.5", "srv-1"),
+             reconcile.Host(f"cbm-{name}-worker-0", "worker", "10.0.0.6", "srv-2")]
     inventory.write(spec, hosts, manager_ip, "/dev/vdb", "vol-1")
     if password is not None:
         files = DeploymentFiles(name)

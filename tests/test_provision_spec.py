@@ -15,7 +15,8 @@ import yaml
 
 from conftest import REPO, assert_one_line_error, run_cbm
 from cbm.cli import main as cbm_main
-from provision.cloud import ownership, spec as specs
+from provision.cloud import ownership, reconcile
+from provision.cloud import spec as specs
 from provision.hosts import inventory
 from provision.hosts.files import DeploymentFiles
 
@@ -161,9 +162,9 @@ def test_forget_hosts_drops_only_given_addresses(isolated):
 def test_inventory_is_what_ansible_reads(isolated, tmp_path):
     s = specs.parse(base_spec(), write_spec(tmp_path, base_spec()))
     DeploymentFiles(s.name).ensure_ssh_key()
-    hosts = [inventory.Host("cbm-rehearsal-manager", "manager", "10.0.0.10", "id-m"),
-             inventory.Host("cbm-rehearsal-worker-1", "worker", "10.0.0.11", "id-1"),
-             inventory.Host("cbm-rehearsal-worker-2", "worker", "10.0.0.12", "id-2")]
+    hosts = [reconcile.Host("cbm-rehearsal-manager", "manager", "10.0.0.10", "id-m"),
+             reconcile.Host("cbm-rehearsal-worker-1", "worker", "10.0.0.11", "id-1"),
+             reconcile.Host("cbm-rehearsal-worker-2", "worker", "10.0.0.12", "id-2")]
     path = inventory.write(s, hosts, manager_ip="192.0.2.7", data_device="/dev/vdb", volume_id="vol-1")
     assert path == tmp_path / "inv" / "hosts.yml"
     ansible_inventory = Path(sys.executable).parent / "ansible-inventory"

@@ -74,43 +74,19 @@ class DeploymentFiles:
     def __init__(self, name: str):
         self.name = name
         self.root = state_root() / name
+        # paths only: nothing is created until an ensure_*/new_* method or folder() runs
+        self.private_key = self.root / KEY_FILE
+        self.public_key = self.root / (KEY_FILE + ".pub")
+        self.known_hosts = self.root / "known_hosts"
+        self.password = self.root / "db_password"
+        self.pgpass = self.root / "pgpass"
+        self.onboarding = self.root / "onboarding.yml"
+        self.backups = self.root / "backups"
+        self.images = self.root / "images"
 
     def folder(self) -> Path:
         """The state folder, created 0700 if missing."""
         return make_private_dir(self.root)
-
-    # -- paths (nothing is created) --------------------------------------------------------
-    @property
-    def private_key(self) -> Path:
-        return self.root / KEY_FILE
-
-    @property
-    def public_key(self) -> Path:
-        return self.root / (KEY_FILE + ".pub")
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.root / "known_hosts"
-
-    @property
-    def password(self) -> Path:
-        return self.root / "db_password"
-
-    @property
-    def pgpass(self) -> Path:
-        return self.root / "pgpass"
-
-    @property
-    def onboarding(self) -> Path:
-        return self.root / "onboarding.yml"
-
-    @property
-    def backups(self) -> Path:
-        return self.root / "backups"
-
-    @property
-    def images(self) -> Path:
-        return self.root / "images"
 
     # -- the SSH key -----------------------------------------------------------------------
     def read_public_key(self) -> str | None:
@@ -171,10 +147,6 @@ class DeploymentFiles:
             path = runs / f"{stamp}-{n}"
         path.mkdir(mode=0o700)
         return path
-
-    def latest_run(self) -> Path | None:
-        runs = sorted((self.root / "runs").glob("*/"))
-        return runs[-1] if runs else None
 
 
 def _host_matches(field: str, addresses: set[str]) -> bool:

@@ -15,7 +15,6 @@ from pathlib import Path
 import yaml
 
 from extractor.errors import CbmError, UserError
-from provision.cloud.reconcile import Host
 from provision.hosts.files import DeploymentFiles
 
 GROUPS = ("manager", "workers")
@@ -64,7 +63,9 @@ def jump_command(spec, files: DeploymentFiles, manager_ip: str) -> str:
     return " ".join(shlex.quote(p) if p != "%h:%p" else p for p in parts)
 
 
-def render(spec, hosts: list[Host], manager_ip: str, data_device: str | None, volume_id: str) -> dict:
+def render(spec, hosts: list, manager_ip: str, data_device: str | None, volume_id: str) -> dict:
+    """The inventory of the hosts `cbm up` found (provision.cloud.reconcile.Host: name, role,
+    private_ip, server_id)."""
     files = DeploymentFiles(spec.name)
     common = " ".join(shlex.quote(o) for o in ssh_options(files))
     manager_hosts, worker_hosts = {}, {}
@@ -99,7 +100,7 @@ def render(spec, hosts: list[Host], manager_ip: str, data_device: str | None, vo
     }}
 
 
-def write(spec, hosts: list[Host], manager_ip: str, data_device: str | None, volume_id: str) -> Path:
+def write(spec, hosts: list, manager_ip: str, data_device: str | None, volume_id: str) -> Path:
     path = spec.inventory_path
     data = render(spec, hosts, manager_ip, data_device, volume_id)
     text = (f"# Written by `cbm up` for deployment {spec.name} from {spec.path.name}; rewritten on every up.\n"

@@ -211,7 +211,7 @@ def check_archive(path: Path) -> list[str]:
     proc = subprocess.run([pg_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True,
                           errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        reason = " ".join(proc.stderr.replace("pg_restore: error:", "").split())[:300]
+        reason = one_line(proc.stderr.replace("pg_restore: error:", ""))[:300]
         raise UserError(f"{path} is a damaged pg_dump archive ({reason}); use another backup")
     return [ln for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith(";")]
 

@@ -154,7 +154,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                               "extractor_service_image_archive": str(archive),
                               "extractor_service_replicas": replicas,
                               "extractor_service_db_port": dep.db_port,
-                              "extractor_service_args": ["extract", "run", "--card", card, "--res", str(r)],
+                              "extractor_service_args": ["run", "--card", card, "--res", str(r)],
                               "extractor_service_env": env}, out)
         t0 = time.monotonic()
         try:

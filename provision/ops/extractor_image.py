@@ -1,4 +1,4 @@
-"""The extractor image: what the swarm service runs (`cbm extract run` with numba, rasterio, psycopg2).
+"""The extractor image: what the swarm service runs (`python -m extractor.extract run`: numba, rasterio, psycopg2).
 
 Built on the operator's machine from a base image and a wheelhouse of the project and the worker's
 own dependencies (no compiler, no network inside the build), then handed to the hosts with
@@ -46,14 +46,14 @@ RUN apt-get update -qq \\
 COPY --from=build /opt/cbm /opt/cbm
 ENV PATH=/opt/cbm/bin:$PATH NUMBA_CACHE_DIR=/tmp/numba-cache PYTHONUNBUFFERED=1
 LABEL {label}={recipe}
-ENTRYPOINT ["cbm"]
-CMD ["extract", "run", "--help"]
+ENTRYPOINT ["/opt/cbm/bin/python", "-m", "extractor.extract"]
+CMD ["run", "--help"]
 """
 
 
 def _sources_digest() -> str:
     h = hashlib.sha256()
-    for pkg in ("cbm", "extractor"):
+    for pkg in ("extractor",):   # what the image runs: python -m extractor.extract
         for path in sorted((REPO / pkg).rglob("*.py")):
             h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     h.update((REPO / "pyproject.toml").read_bytes())

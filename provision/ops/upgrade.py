@@ -118,13 +118,8 @@ def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = 
 
     after, why = read_nodes(dep)
     if why:
-        msg = (f"upgrade of {spec.name}: cannot read the swarm's nodes afterwards ({why}); check on the manager "
-               f"with `docker node ls` that no node is left drained")
-        if failure:
-            msg = f"{failure}; {msg}"
-        err = CbmError(msg)
-        err.exit_code = getattr(failure, "exit_code", 1) or 1
-        raise err
+        raise _after(failure, f"upgrade of {spec.name}: cannot read the swarm's nodes afterwards ({why}); check on "
+                              f"the manager with `docker node ls` that no node is left drained")
     for line in node_reports(dep.files):
         print(line, file=out)
     print_nodes(before, after, out)
@@ -132,13 +127,8 @@ def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = 
     if drained:
         names = ", ".join(f"{n} ({(after.get(n) or {}).get('Availability', 'missing')})" for n in drained)
         ids = " ".join((after.get(n) or before[n]).get("ID", n) for n in drained)
-        msg = (f"upgrade of {spec.name}: LEFT DRAINED: {names}; on the manager run "
-               f"`docker node update --availability active <id>` for {ids}")
-        if failure:
-            msg = f"{failure}; {msg}"
-        err = CbmError(msg)
-        err.exit_code = getattr(failure, "exit_code", 1) or 1
-        raise err
+        raise _after(failure, f"upgrade of {spec.name}: LEFT DRAINED: {names}; on the manager run "
+                              f"`docker node update --availability active <id>` for {ids}")
     if failure:
         raise failure
     if check:
@@ -147,3 +137,10 @@ def upgrade(spec_path: str, batch: int = 1, check: bool = False, backup: bool = 
         print(f"upgrade of {spec.name} finished: {len(managers) + len(workers)} host(s) upgraded, "
               f"every node as active as before", file=out)
     return 0
+
+
+def _after(failure: CbmError | None, msg: str) -> CbmError:
+    """What went wrong after the playbook, joined to the playbook's own failure (its exit code kept)."""
+    err = CbmError(f"{failure}; {msg}" if failure else msg)
+    err.exit_code = getattr(failure, "exit_code", 1) or 1
+    return err
