@@ -163,3 +163,43 @@ def test_rasterization_store_disk_full(dbenv, world, full_tablespace):
 def test_database_without_the_extraction_tables(dbenv, world):
     proc = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=extract_env(dbenv, world))
     assert_one_line_error(proc, "is missing", "cbm db init", code=2)
+
+
+def test_retry_requeues_exactly_the_scenes_it_counted(dbenv, world):
+    """A band file that was missing arrives later: `cbm extract retry --status 'No band file'` counts the
+    runs, re-queues exactly those (the Rio errors stay), and the next worker extracts the scene."""
+    init_db(dbenv, world)
+    missing, safe = broken_copy(dbenv, world, 4, lambda safe: next(safe.rglob("*_B08_10m.jp2")).unlink())
+    corrupt, _ = broken_copy(dbenv, world, 5, lambda safe: next(safe.rglob("*_B03_10m.jp2")).write_bytes(b"x" * 64))
+    env = extract_env(dbenv, world)
+    proc = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_state(dbenv, missing)[0], run_state(dbenv, corrupt)[0]) == ("No band file", "Rio error")
+
+    dry = run_cbm("extract", "retry", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "s2 run 10: 1 scene(s) in status 'No band file'" in dry.stdout
+    assert "s2 run 10: 1 scene(s) in status 'Rio error'" in dry.stdout
+    assert "2 scene run(s) to re-queue" in dry.stdout
+    assert (run_state(dbenv, missing)[0], run_state(dbenv, corrupt)[0]) == ("No band file", "Rio error")
+
+    good_safe = world.root / world.scenes[0].path[len("/eodata/"):]
+    good_b08 = next(good_safe.rglob("*_B08_10m.jp2"))
+    shutil.copy(good_b08, safe / good_b08.relative_to(good_safe))   # the file arrives
+    proc = run_cbm("extract", "retry", "--status", "No band file", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "re-queued 1 scene run(s)" in proc.stdout
+    status, detail, cat = run_state(dbenv, missing)
+    assert (status, cat) == ("ingested", "ingested") and detail.startswith("retried: No band file")
+    assert run_state(dbenv, corrupt)[0] == "Rio error"
+
+    proc = run_cbm("extract", "run", "--card", "s2", "--res", "10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert run_state(dbenv, missing)[0] == "extracted" and run_state(dbenv, corrupt)[0] == "Rio error"
+    good = world.scenes[0]
+    good_id = dbenv.query("SELECT id FROM dias_catalogue WHERE reference = %s", (good.reference,))[0][0]
+    assert dbenv.query("SELECT count(*) FROM sigs WHERE obsid = %s", (missing,)) == \
+        dbenv.query("SELECT count(*) FROM sigs WHERE obsid = %s", (good_id,))
+
+    assert_one_line_error(run_cbm("extract", "retry", "--status", "extracted", env=env), "--status", code=2)
+

@@ -1,6 +1,7 @@
 """`cbm extract ...`: a worker (`run`, the same options as the worker's entry point
 `python -m extractor.extract run`), the preparation of rasterized parcels (`prepare`), and the
-extraction on a deployment's swarm (`swarm SPEC`, provision/ops/extraction.py).
+extraction on a deployment's swarm (`swarm SPEC`, provision/ops/extraction.py), and scenes with
+error statuses put back in the queue (`retry`, extractor/extract/retry.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cbm import context
 from cbm.cli import add_command, add_group
 from extractor import db
-from extractor.extract import cards, options
+from extractor.extract import cards, options, retry
 from provision.ops import extraction
 
 
@@ -31,6 +32,25 @@ def cmd_prepare(args) -> int:
             print(line, flush=True)
     finally:
         conn.close()
+    return 0
+
+
+def cmd_retry(args) -> int:
+    selection = retry.Selection(args.card, tuple(args.status) if args.status else cards.FINAL_ERRORS)
+    s = context.settings(args)
+    conn = db.connect(s)
+    try:
+        counted = retry.count(conn, s, selection)
+        for card, res, status, n in counted:
+            print(f"{card} run {'SCL' if res == -1 else res}: {n} scene(s) in status {status!r}")
+        total = sum(n for *_, n in counted)
+        if args.dry_run or not total:
+            print(f"{total} scene run(s) to re-queue" + (" (dry run: nothing changed)" if args.dry_run else ""))
+            return 0
+        done = retry.requeue(conn, s, selection)
+    finally:
+        conn.close()
+    print(f"re-queued {done} scene run(s); the next `cbm extract run`/`swarm` extracts them")
     return 0
 
 
@@ -67,10 +87,16 @@ def register(sub):
                       help="only these cards (repeatable; default all)")
     prep.add_argument("--dry-run", action="store_true", help="list the grids, build nothing")
     options.add_filters(prep)
+    again = add_command(group, "retry", cmd_retry,
+                        "put scenes whose run ended with an error status back in the queue (counts first)")
+    again.add_argument("--card", choices=cards.CARDS, help="only this card (default all)")
+    again.add_argument("--status", action="append", metavar="STATUS",
+                       help=f"only this error status (repeatable; default all: {', '.join(cards.FINAL_ERRORS)})")
+    again.add_argument("--dry-run", action="store_true", help="only count, change nothing")
     swarm = add_command(group, "swarm", cmd_swarm,
                         "run the extraction as a swarm service on a deployment; it is removed when no scene is left")
     swarm.add_argument("spec", metavar="SPEC", help="the deployment's deployment.yml")
-    swarm.add_argument("--card", required=True, choices=("s2", "bs", "c6"))
+    swarm.add_argument("--card", required=True, choices=cards.CARDS)
     swarm.add_argument("--res", type=int, choices=(-1, 10, 20), help="s2: -1 = SCL histograms, 10 or 20 m bands")
     swarm.add_argument("--all", action="store_true", help="every run of the card in order (s2: -1, 10, 20)")
     swarm.add_argument("--replicas", type=int, help="worker tasks (default: the spec's worker count)")
