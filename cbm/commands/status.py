@@ -15,7 +15,7 @@ from cbm import context
 from cbm.cli import add_command
 from cbm.terminal import human_duration
 from extractor.errors import UserError
-from provision.ops import status
+from provision.ops import status as status_op
 from provision.ops.backup import human_size
 from provision.ops.status import Report
 
@@ -144,7 +144,7 @@ def write_png(report: Report, path) -> None:
 
 
 def cmd_status(args) -> int:
-    report, ok = status.gather(context.deployment_of(args), args.config, with_timeline=bool(args.png))
+    report, ok = status_op.gather(context.deployment_of(args), args.config, with_timeline=bool(args.png))
     console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     render(report, console)
     if args.png:

@@ -33,34 +33,33 @@ class Selection:
         return self
 
 
-def _where(settings, selection: Selection) -> tuple[sql.Composed, dict]:
-    query = sql.SQL("FROM {runs} r JOIN {cat} c ON c.id = r.obsid WHERE r.status = ANY(%(statuses)s)"
-                    " AND (%(card)s::text IS NULL OR c.card = %(card)s)").format(
-        runs=table(settings, "extraction_runs"), cat=table(settings, "catalogue"))
-    return query, {"statuses": list(selection.statuses), "card": selection.card}
+def _selected(settings, selection: Selection) -> tuple[dict, dict]:
+    """The tables and parameters of the selection's WHERE clause (runs r joined to catalogue c)."""
+    tables = {"runs": table(settings, "extraction_runs"), "cat": table(settings, "catalogue")}
+    return tables, {"statuses": list(selection.check().statuses), "card": selection.card}
+
+
+WHERE = ("c.id = r.obsid AND r.status = ANY(%(statuses)s) AND (%(card)s::text IS NULL OR c.card = %(card)s)")
 
 
 def count(conn, settings, selection: Selection) -> list[tuple[str, int, str, int]]:
     """(card, run, status, scenes) of the runs the selection would re-queue."""
-    where, params = _where(settings, selection.check())
+    tables, params = _selected(settings, selection)
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT c.card, r.res, r.status, count(*) {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
-                    .format(where), params)
+        cur.execute(sql.SQL("SELECT c.card, r.res, r.status, count(*) FROM {runs} r, {cat} c WHERE " + WHERE
+                            + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").format(**tables), params)
         return [(card.strip(), res, status, n) for card, res, status, n in cur.fetchall()]
 
 
 def requeue(conn, settings, selection: Selection) -> int:
     """Put the selected runs back in the queue, in one transaction; the number of runs re-queued."""
-    where, params = _where(settings, selection.check())
-    runs = table(settings, "extraction_runs")
+    tables, params = _selected(settings, selection)
     with conn:
         with conn.cursor() as cur:
             cur.execute(sql.SQL(
-                "UPDATE {runs} u SET status = %(ingested)s, attempts = 0, lease_until = NULL, owner = NULL,"
-                " finished_at = NULL, detail = 'retried: ' || coalesce(u.status || ': ' || u.detail, u.status)"
-                " WHERE (u.obsid, u.res) IN (SELECT r.obsid, r.res {where}) RETURNING u.obsid, "
-                " (SELECT card FROM {cat} WHERE id = u.obsid)").format(
-                    runs=runs, where=where, cat=table(settings, "catalogue")),
+                "UPDATE {runs} r SET status = %(ingested)s, attempts = 0, lease_until = NULL, owner = NULL,"
+                " finished_at = NULL, detail = 'retried: ' || coalesce(r.status || ': ' || r.detail, r.status)"
+                " FROM {cat} c WHERE " + WHERE + " RETURNING r.obsid, c.card").format(**tables),
                 {**params, "ingested": INGESTED})
             rows = cur.fetchall()
             for obsid, card in {(o, c.strip()) for o, c in rows}:
