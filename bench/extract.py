@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
     with LocalPostgis() as pg:
         pg.psql("CREATE EXTENSION postgis")
         os.environ.update(pg.env())
-        env = {**os.environ, "CBM_EODATA_ROOT": str(OUT / "eodata"), "CBM_EXTRACT_AOI": "tile",
+        env = {**os.environ, "CBM_EODATA_SOURCE": "folder", "CBM_EODATA_ROOT": str(OUT / "eodata"), "CBM_EXTRACT_AOI": "tile",
                "CBM_EXTRACT_PARCELS": "parcels", "CBM_CONFIG": ""}
         env.pop("CBM_CONFIG")
         settings = settings_mod.load(environ=env)

@@ -86,6 +86,8 @@ def statements(settings: Settings) -> list[sql.Composable]:
             " detail text, rows integer, finished_at timestamptz,"
             " PRIMARY KEY (obsid, res))"
         ).format(runs=runs, cat=t["catalogue"], n=sql.Literal(STATUS_LENGTH)),
+        # scenes given back because the storage did not answer (never final, never an attempt)
+        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS storage_faults integer NOT NULL DEFAULT 0").format(runs),
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (res, status)").format(
             sql.Identifier("extraction_runs_res_status_idx"), runs),
         # The rasterized parcels, shared by all workers (extractor/extract/rasterize.py).

@@ -13,8 +13,9 @@ variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGPASSFILE): keys lef
 not passed to libpq, so libpq applies its variables and defaults itself.
 
 Secrets never go in argv: the database password comes from PGPASSWORD, PGPASSFILE (~/.pgpass)
-or `db.password_file` (a file holding only the password, mode 0600). S3 keys may be set in
-the file or as CBM_S3_ACCESS_KEY / CBM_S3_SECRET_KEY; `cbm config show` masks them.
+or `db.password_file` (a file holding only the password, mode 0600). S3 keys come from
+`s3.credentials_file` (mode 0600) or are set in the file or as CBM_S3_ACCESS_KEY /
+CBM_S3_SECRET_KEY; `cbm config show` masks them.
 """
 
 from __future__ import annotations
@@ -55,13 +56,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "retries": 5,          # for HTTP 429 / 5xx / timeouts
         "backoff": 2.0,        # seconds, doubled per retry
     },
-    "eodata": {
-        "root": "/eodata",     # where productIdentifier paths (/eodata/...) are mounted
+    "eodata": {                # where the products are (extractor/extract/storage.py)
+        "source": "mount",     # mount: a mounted tree (must be a mount point); s3: the s3 section;
+                               # folder: a plain folder of products (tests, products copied by hand)
+        "root": "/eodata",     # where productIdentifier paths (/eodata/...) are (mount, folder)
     },
     "s3": {
-        "endpoint": None,      # e.g. eodata.dataspace.copernicus.eu (host only); empty = read from eodata.root
+        "endpoint": None,      # https://eodata.dataspace.copernicus.eu, or a host (then s3.https decides)
         "bucket": "eodata",
-        "access_key": None,
+        "credentials_file": None,  # YAML/JSON {access_key, secret_key} (or the seed's {"s3": {...}}), 0600
+        "access_key": None,    # or the keys themselves (CBM_S3_ACCESS_KEY / CBM_S3_SECRET_KEY)
         "secret_key": None,
         "path_style": True,
         "https": True,
@@ -75,6 +79,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_attempts": 3,     # claims of one scene run before it gets the status 'Max attempts'
         "poll": 5.0,           # seconds between looks while other workers still hold leases
         "threads": "ALL_CPUS", # GDAL_NUM_THREADS for decoding
+        "backoff": 5.0,        # seconds a worker waits after a storage fault (doubled up to 120 s)
+        "storage_wait": 3600,  # seconds a worker waits for its storage to answer again before it exits
         "s2_runs": "-1,10,20", # the runs that make an s2 scene 'extracted'
         "s2_scl_band": "SCL",
         "s2_10_bands": "B02,B03,B04,B08",
@@ -85,6 +91,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 SECRET_KEYS = {("s3", "access_key"), ("s3", "secret_key")}
+EODATA_SOURCES = ("mount", "s3", "folder")
 INT_KEYS = {("db", "port")}
 ENV_PREFIX = "CBM_"
 
@@ -210,6 +217,16 @@ def _validate(settings: Settings, origin: str) -> None:
         raise UserError(f"{origin}: catalog.page_size must be between 1 and 2000 (the API's limit)")
     if settings.db.port is not None and not 0 < settings.db.port < 65536:
         raise UserError(f"{origin}: db.port {settings.db.port} is not a TCP port; fix db.port")
+    if settings.eodata.source not in EODATA_SOURCES:
+        raise UserError(f"{origin}: eodata.source {settings.eodata.source!r} is unknown; use one of "
+                        f"{', '.join(EODATA_SOURCES)}")
+    if settings.eodata.source == "s3" and not settings.s3.endpoint:
+        raise UserError(f"{origin}: eodata.source is s3 but s3.endpoint is empty; set s3.endpoint "
+                        "(e.g. https://eodata.dataspace.copernicus.eu)")
+    if settings.s3.endpoint and "://" in settings.s3.endpoint \
+            and settings.s3.endpoint.split("://", 1)[0].lower() not in ("http", "https"):
+        raise UserError(f"{origin}: s3.endpoint {settings.s3.endpoint!r} must start with https:// or http:// "
+                        "(or be a host name)")
 
 
 def read_secret_file(path: str, what: str) -> str:

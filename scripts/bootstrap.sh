@@ -37,7 +37,7 @@ stamp=.venv/.cbm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv"
   log=.venv/pip-install.log
-  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".[test]"; } >"$log" 2>&1; then
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".[test,sandbox]"; } >"$log" 2>&1; then
     tail -20 "$log" >&2
     echo "bootstrap: pip install failed; full log: $log" >&2
     exit 1

@@ -146,7 +146,8 @@ def add_scene(dbenv, s: Scene, reference: str | None = None, path: str | None = 
 
 
 def extract_env(dbenv, world: World, **extra) -> dict:
-    return {**dbenv, "CBM_EODATA_ROOT": str(world.root), "CBM_EXTRACT_AOI": "site", "CBM_EXTRACT_PARCELS": "parcels",
+    return {**dbenv, "CBM_EODATA_SOURCE": "folder", "CBM_EODATA_ROOT": str(world.root), "CBM_EXTRACT_AOI": "site",
+            "CBM_EXTRACT_PARCELS": "parcels",
             **{f"CBM_EXTRACT_{k.upper()}": str(v) for k, v in extra.items()}}
 
 

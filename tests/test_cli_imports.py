@@ -14,10 +14,11 @@ from provision.ops.extractor_image import WORKER_REQUIREMENTS
 PROBE = """
 import json, sys
 at_start = {name.split(".")[0] for name in sys.modules}   # the interpreter's own (site hooks)
+sys.modules["boto3"] = None   # as in the image: rasterio imports boto3 only where it is installed (moto here)
 from extractor.extract.__main__ import build_parser   # the image's entry point
 args = build_parser().parse_args(["run", "--card", "s2", "--res", "-1"])
 import extractor.extract.worker   # what the entry point runs
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} - at_start)))
+print(json.dumps(sorted({name.split(".")[0] for name, m in sys.modules.items() if m is not None} - at_start)))
 """
 
 

@@ -49,7 +49,7 @@ def reference(e2e, postgis):
     from sandbox.catalog_replay import CatalogReplay
 
     postgis.psql("CREATE DATABASE e2e_reference TEMPLATE cbm_template")
-    env = {**postgis.env("e2e_reference"), "CBM_EODATA_ROOT": str(e2e.sandbox.eodata),
+    env = {**postgis.env("e2e_reference"), "CBM_EODATA_SOURCE": "folder", "CBM_EODATA_ROOT": str(e2e.sandbox.eodata),
            "XDG_CONFIG_HOME": "/nonexistent"}
     with CatalogReplay(features=e2e.features) as cat:
         env["CBM_CATALOG_URL"] = cat.url

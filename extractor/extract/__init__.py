@@ -3,6 +3,8 @@
 Modules by concern (docs/extraction.md has the rules they implement):
   cards.py      what each card/resolution run reads (bands, band codes, file layout) and the statuses
   claims.py     atomic claims with leases, attempts, per-resolution run records, catalogue status
+  storage.py    where the products are (mount, folder, S3), whether it answers, which failures are final
+  vsi.py        GDAL's file-system calls rasterio does not expose (listing, stat, GDAL's VSI error)
   sources.py    locating band files in a product (listed, never guessed) and windowed reads
   rasterize.py  the rasterized parcels per (CRS, pixel grid), stored in PostGIS for all workers
   kernels.py    numba zonal statistics and SCL histograms (+ a plain NumPy reference)

@@ -9,7 +9,8 @@ not taken (no row, 'ingested', or 'inprogress' with an expired lease = a dead wo
 The claim commits at once; the worker keeps its lease alive with a heartbeat (Lease). Results
 and the run's final status commit together (writer + finish): finish() only succeeds while the
 claim is still ours, so a worker whose lease was taken over cannot write a second result.
-A run claimed max_attempts times without finishing gets 'Max attempts' (sweep_exhausted).
+A run claimed max_attempts times without finishing gets 'Max attempts' (sweep_exhausted). A scene
+given back after a storage fault does not use up an attempt (storage_faults counts those).
 
 dias_catalogue.status keeps the seed's story for existing CbM tools (sync_catalogue):
 'inprogress' while a run of the scene is claimed, 'ingested' while runs of its card remain,
@@ -168,13 +169,17 @@ def finish(cur, settings, c: Claim, status: str, rows: int = 0, detail: str | No
     sync_catalogue(cur, settings, c.obsid, c.card)
 
 
-def release(conn, settings, c: Claim, detail: str) -> None:
-    """Give the scene back (a failure that may pass): it is claimable again, its attempts still count."""
+def release(conn, settings, c: Claim, detail: str, storage_fault: bool = False) -> None:
+    """Give the scene back (a failure that may pass): it is claimable again. Its attempts still
+    count, except after a storage fault: that is counted in storage_faults instead (the storage
+    failed, not the scene nor the worker; a long outage must not end in 'Max attempts')."""
     t = _tables(settings)
+    counts = sql.SQL(", attempts = greatest(attempts - 1, 0), storage_faults = storage_faults + 1"
+                     if storage_fault else "")
     with conn:
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("UPDATE {runs} SET status = %s, lease_until = NULL, detail = %s"
-                                " WHERE obsid = %s AND res = %s AND owner = %s AND status = %s").format(**t),
+            cur.execute(sql.SQL("UPDATE {runs} SET status = %s, lease_until = NULL, detail = %s{counts}"
+                                " WHERE obsid = %s AND res = %s AND owner = %s AND status = %s").format(counts=counts, **t),
                         (INGESTED, detail, c.obsid, c.res, c.owner, INPROGRESS))
             sync_catalogue(cur, settings, c.obsid, c.card)
 

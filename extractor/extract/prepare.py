@@ -12,8 +12,8 @@ import time
 from psycopg2 import sql
 
 from extractor.db import table
-from extractor.errors import UserError
-from extractor.extract import cards, rasterize, sources, worker
+from extractor.errors import CbmError, UserError
+from extractor.extract import cards, rasterize, sources, storage, worker
 from extractor.extract.cards import SceneError
 
 
@@ -41,6 +41,8 @@ def grid_keys(conn, settings, filters, cards_wanted) -> tuple[dict, list[str]]:
                     keys.setdefault(rasterize.utm_key(epsg, res), f"s2 EPSG:{epsg} {res} m")
             continue
         spec = cards.run_spec(settings, card, cards.RESOLUTIONS[card][0])
+        if scenes:
+            storage.check(settings)
         unread = 0
         for _, path, _ in scenes:
             try:
@@ -48,6 +50,8 @@ def grid_keys(conn, settings, filters, cards_wanted) -> tuple[dict, list[str]]:
             except SceneError:
                 unread += 1
                 continue
+            except storage.StorageFault as exc:
+                raise CbmError(f"cannot read the grid of {path}: {exc}; run again when the storage answers") from None
             key = rasterize.grid_key(g.crs, g.transform)
             keys.setdefault(key, f"{card} {key.label()}")
         if unread:

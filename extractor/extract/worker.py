@@ -1,8 +1,11 @@
 """The extraction worker: claim a scene run, read the window under its parcels, compute, write.
 
-Loop (`cbm extract run`): sweep runs that ran out of attempts, claim the oldest claimable scene,
-process it, repeat; when nothing is claimable, wait while other workers still hold live leases
-(one of them may die and its scene must be taken back), then exit 0.
+Loop (`cbm extract run`): check that the storage answers (else exit with one line, nothing
+claimed), sweep runs that ran out of attempts, claim the oldest claimable scene, process it,
+repeat; when nothing is claimable, wait while other workers still hold live leases (one of them
+may die and its scene must be taken back), then exit 0. When the storage stops answering during a
+scene, the scene is given back (storage.StorageFault) and the worker waits for the storage with a
+backoff (extract.backoff, doubled up to 120 s) for at most extract.storage_wait seconds.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from rasterio.windows import Window
 from extractor.errors import CbmError, UserError, one_line
 from extractor import db
 from extractor.db import table
-from extractor.extract import cards, claims, kernels, rasterize, sources, writer
+from extractor.extract import cards, claims, kernels, rasterize, sources, storage, writer
 from extractor.extract.cards import EXTRACTED, NO_PARCELS, SceneError
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 120.0
 SCENE_MEMO = 4  # scene extents whose parcel runs a worker keeps (tiles come back on the next date)
 
 
@@ -210,10 +214,11 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
     done = 0
     try:
         ctx = make_context(conn, settings, card, res, aoi or x.aoi, parcels or x.parcels, start or x.start, end or x.end)
+        storage.check(settings)
         kernels.warm_up(np.uint8 if ctx.spec.histogram else (np.uint16 if card == "s2" else np.float32),
                         ctx.spec.histogram)
         out(f"worker {ctx.owner}: card {card} run {res} ({', '.join(ctx.spec.codes)}), parcels {ctx.source.name}"
-            f" ({ctx.aoi_pids.size} in AOI {ctx.filters.aoi})")
+            f" ({ctx.aoi_pids.size} in AOI {ctx.filters.aoi}), products from {storage.describe(settings)}")
         while True:
             for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
                 out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
@@ -229,6 +234,12 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
                 except claims.LeaseLost as exc:
                     _rollback(conn)
                     out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
+                    continue
+                except storage.StorageFault as exc:
+                    _rollback(conn)
+                    claims.release(conn, settings, c, f"storage: {one_line(exc)}", storage_fault=True)
+                    out(f"scene {c.obsid} {c.reference}: given back, the storage did not answer ({exc})")
+                    wait_for_storage(settings, out)
                     continue
                 except CbmError:
                     _rollback(conn)
@@ -261,6 +272,24 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
             pass
     out(f"no scene left for card {card} run {res}: processed {done} scene(s)")
     return done
+
+
+def wait_for_storage(settings, out) -> None:
+    """Wait until the storage answers again (backoff), or give up with one line after storage_wait."""
+    x = settings.extract
+    delay, waited = max(float(x.backoff), 0.1), 0.0
+    while True:
+        out(f"waiting {delay:.0f} s for {storage.describe(settings)}")
+        time.sleep(delay)
+        waited += delay
+        why = storage.problem(settings)
+        if why is None:
+            out(f"{storage.describe(settings)} answers again")
+            return
+        if waited >= float(x.storage_wait):
+            raise CbmError(f"{why}, for {waited:.0f} s; the scenes are back in the queue, run the workers again "
+                           "when the storage answers")
+        delay = min(delay * 2, MAX_BACKOFF)
 
 
 def _rollback(conn) -> None:

@@ -1,0 +1,122 @@
+"""GDAL's virtual file system calls that rasterio does not expose, on rasterio's own libgdal:
+list one folder (not recursively), stat a file, and the error GDAL recorded for the last call
+(its VSIE_* number: HTTP error, AWS access denied, bad keys, object or bucket not found).
+
+Why: a worker must tell "the object is not there" (a final status for the scene) from "the
+storage did not answer" (the scene goes back to the queue), and check at start that its S3
+endpoint authenticates. GDAL records that distinction (cpl_vsi_error.h) but neither rasterio nor
+pyogrio returns it. The calls go to the libgdal rasterio loaded (found in /proc/self/maps), so
+the GDAL config set by rasterio.Env (endpoint, keys, retries) applies to them too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import rasterio._base  # noqa: F401 - loads rasterio's libgdal, the one we bind to
+
+# cpl_vsi_error.h
+FILE_ERROR, HTTP_ERROR = 1, 2
+AWS_ERROR, AWS_ACCESS_DENIED, AWS_BUCKET_NOT_FOUND, AWS_OBJECT_NOT_FOUND = 5, 6, 7, 8
+AWS_INVALID_CREDENTIALS, AWS_SIGNATURE_DOES_NOT_MATCH = 9, 10
+# cpl_vsi.h: VSIStatExL flags
+_STAT_EXISTS, _STAT_SIZE, _STAT_SET_ERROR = 0x1, 0x4, 0x8
+_STAT_BUFFER = 512   # larger than struct stat64 on every Linux
+_ST_SIZE_OFFSET = 48  # st_size in struct stat64 on x86_64 and aarch64
+
+_lock = threading.Lock()
+_gdal = None
+
+
+@dataclass(frozen=True)
+class VsiError:
+    number: int    # VSIE_* (0: GDAL recorded no VSI error)
+    message: str   # GDAL's text (VSI error, else the last CPL error)
+
+    @property
+    def not_found(self) -> bool:
+        return self.number in (AWS_OBJECT_NOT_FOUND, AWS_BUCKET_NOT_FOUND)
+
+    @property
+    def refused_keys(self) -> bool:
+        return self.number in (AWS_ACCESS_DENIED, AWS_INVALID_CREDENTIALS, AWS_SIGNATURE_DOES_NOT_MATCH)
+
+
+def _lib():
+    global _gdal
+    with _lock:
+        if _gdal is None:
+            path = None
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    name = line.rsplit(" ", 1)[-1].strip()
+                    if "/libgdal" in name and ".so" in name:
+                        path = name
+                        break
+            if path is None:
+                raise OSError("rasterio's libgdal is not loaded in this process")
+            lib = ctypes.CDLL(path)
+            lib.VSIReadDirEx.restype = ctypes.POINTER(ctypes.c_char_p)
+            lib.VSIReadDirEx.argtypes = [ctypes.c_char_p, ctypes.c_int]
+            lib.CSLDestroy.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
+            lib.VSIStatExL.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+            lib.VSIStatExL.restype = ctypes.c_int
+            lib.VSIGetLastErrorNo.restype = ctypes.c_int
+            lib.VSIGetLastErrorMsg.restype = ctypes.c_char_p
+            lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
+            lib.CPLGetLastErrorNo.restype = ctypes.c_int
+            _gdal = lib
+    return _gdal
+
+
+def _reset(lib) -> None:
+    lib.VSIErrorReset()
+    lib.CPLErrorReset()
+
+
+def last_error() -> VsiError:
+    lib = _lib()
+    number = lib.VSIGetLastErrorNo()
+    message = (lib.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace")
+    if not message:
+        message = (lib.CPLGetLastErrorMsg() or b"").decode("utf-8", "replace")
+    return VsiError(number, " ".join(message.split()))
+
+
+def read_dir(path: str, max_files: int = 0) -> tuple[list[str] | None, VsiError]:
+    """The names in a folder (at most max_files when > 0), or None with GDAL's error when it cannot
+    be listed (it does not exist, or the storage failed: tell them apart with `error.number`)."""
+    lib = _lib()
+    _reset(lib)
+    names = lib.VSIReadDirEx(path.encode(), max_files)
+    error = last_error()
+    if not names:
+        return None, error
+    out = []
+    try:
+        i = 0
+        while names[i] is not None:
+            name = names[i].decode("utf-8", "replace")
+            if name not in (".", ".."):
+                out.append(name)
+            i += 1
+    finally:
+        lib.CSLDestroy(names)
+    return sorted(out), error
+
+
+def stat_size(path: str) -> tuple[int | None, VsiError]:
+    """The size of a file, or None with GDAL's error (not found, refused, no answer)."""
+    lib = _lib()
+    _reset(lib)
+    buf = ctypes.create_string_buffer(_STAT_BUFFER)
+    if lib.VSIStatExL(path.encode(), buf, _STAT_EXISTS | _STAT_SIZE | _STAT_SET_ERROR) != 0:
+        return None, last_error()
+    return int.from_bytes(buf.raw[_ST_SIZE_OFFSET:_ST_SIZE_OFFSET + 8], "little", signed=True), VsiError(0, "")
+
+
+def clear_cache() -> None:
+    """Forget GDAL's cached listings and object facts (after a storage fault, nothing cached is trusted)."""
+    _lib().VSICurlClearCache()
