@@ -3,11 +3,13 @@
   1. start the sandbox cloud (a local OpenStack whose servers are containers) with a generated
      /eodata tree: S2 L2A (JP2), CARD-BS (ENVI) and CARD-COH6 (GeoTIFF) products over the Danish
      sample parcels, in the real layouts;
-  2. `cbm up` the example spec inventories/sandbox/deployment.yml: 1 manager + 2 workers, volume,
-     security group, floating IP, then Ansible: Docker on the volume, PostGIS, schema, swarm;
+  2. `cbm up` the example spec inventories/sandbox/deployment.yml, with the sandbox's S3 endpoint and
+     keys file as its `eodata` (written to inventories/sandbox/rehearsal.yml): 1 manager + 2 workers,
+     volume, security group, floating IP, then Ansible: Docker on the volume, PostGIS, schema, swarm;
   3. `cbm onboard`: the real DK parcels, the AOI, the catalog (from a local stand-in of the CDSE
      resto API that lists the generated products), the rasterized parcels;
-  4. `cbm extract swarm` for s2 (SCL, 10 m, 20 m), bs and c6: swarm services that end by themselves;
+  4. `cbm extract swarm` for s2 (SCL, 10 m, 20 m), bs and c6: swarm services that end by themselves,
+     their workers reading the products from S3 (ranged reads, keys from a swarm secret) as on CDSE;
   5. `cbm status`, and the line that tears it all down.
 The environment is left up. Each step prints its wall time.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio
+import yaml
 from rasterio import Affine
 from rasterio.warp import transform_geom
 
@@ -35,6 +38,7 @@ from sandbox.cloud import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "inventories" / "sandbox" / "deployment.yml"
+S3_SPEC = SPEC.with_name("rehearsal.yml")   # SPEC + the sandbox's S3 endpoint (written at each run)
 PARCELS = REPO / "examples" / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
 START, END = "2026-04-01", "2026-04-30"
 S2_DATES = [dt.datetime(2026, 4, 3, 10, 30, 21), dt.datetime(2026, 4, 13, 10, 30, 21), dt.datetime(2026, 4, 23, 10, 30, 21)]
@@ -142,6 +146,17 @@ def cbm_program() -> str:
         return shlex.quote(str(script.absolute()))
 
 
+def s3_spec(sandbox: Sandbox) -> Path:
+    """The example spec with `eodata` from the running sandbox's S3 server (its address on the eodata
+    network and its keys file): products are read from S3, as on CDSE."""
+    data = yaml.safe_load(SPEC.read_text())
+    data["eodata"] = {"source": "s3", "endpoint": sandbox.eodata_endpoint(), "bucket": "eodata",
+                      "credentials_file": str(sandbox.s3.credentials_file)}
+    S3_SPEC.write_text(f"# Written by the rehearsal (sandbox/rehearsal.py) from {SPEC.name} and the sandbox's S3 server.\n"
+                       + yaml.safe_dump(data, sort_keys=False))
+    return S3_SPEC
+
+
 def teardown_line(sandbox: Sandbox, spec: Path, env: dict[str, str]) -> str:
     """The line that tears the rehearsal down, pasted as it is into a new shell in the repository
     root: it names the sandbox's clouds.yaml and cloud, and the state/config folders the rehearsal's
@@ -189,7 +204,7 @@ def main() -> int:
     eodata = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cbm" / "rehearsal-eodata"
     env = {**os.environ}
     env.pop("CBM_CONFIG", None)
-    spec = SPEC.relative_to(REPO)
+    spec = S3_SPEC.relative_to(REPO)
     steps = Steps(env, teardown_line(sandbox, spec, env))
 
     def make_data():
@@ -204,10 +219,14 @@ def main() -> int:
     print(f"   {len(features['Sentinel2'])} S2 L2A and {len(features['Sentinel1'])} S1 CARD products")
     steps.cbm("start the sandbox cloud", "sandbox", "start", "--eodata", eodata)
     env.update(sandbox.env)
+    s3_spec(sandbox)
+    print(f"   products from S3 at {sandbox.eodata_endpoint()} (the spec: {spec})")
     steps.cbm("provision and configure 1 manager + 2 workers", "up", spec)
     with CatalogReplay(features=features) as cat:
         env["CBM_CATALOG_URL"] = cat.url
-        env["CBM_EODATA_ROOT"] = str(eodata)  # this machine sees the tree too: S1 grids are read here
+        # the S1 grids are read here too (onboard rasterizes the parcels for them): from S3 as well
+        env.update(CBM_EODATA_SOURCE="s3", CBM_S3_ENDPOINT=sandbox.s3.endpoint(),
+                   CBM_S3_CREDENTIALS_FILE=str(sandbox.s3.credentials_file))
         steps.cbm("onboard the Danish sample parcels", "onboard", spec, "--parcels", PARCELS, "--aoi", "dk",
                   "--from", START, "--to", END, "--cards", "s2,bs,c6")
     for card in ("s2", "bs", "c6"):

@@ -23,6 +23,9 @@ class LiveDeployment:
         self.sandbox = sandbox
         data = yaml.safe_load(SANDBOX_SPEC.read_text())
         data.update(name=self.name, prefix=f"cbm-{self.name}", tags=[f"cbm-{self.name}"])
+        # products from the sandbox's S3 server, as on CDSE (the rehearsal does the same)
+        data["eodata"] = {"source": "s3", "endpoint": sandbox.eodata_endpoint(),
+                          "credentials_file": str(sandbox.s3.credentials_file)}
         (folder / self.name).mkdir()
         self.spec = folder / self.name / "deployment.yml"
         self.spec.write_text(yaml.safe_dump(data))

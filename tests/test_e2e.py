@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import PARCEL_SAMPLES, run_cbm
 
@@ -39,6 +40,7 @@ def e2e(live_deployment):
     from sandbox.rehearsal import generate
 
     live_deployment.features = generate(Path(live_deployment.sandbox.eodata))
+    live_deployment.sandbox.republish_eodata()  # the S3 server serves the new products too
     live_deployment.env["CBM_EXTRACT_POLL"] = "1"
     return live_deployment
 
@@ -94,8 +96,16 @@ def test_swarm_extraction_survives_a_killed_worker(e2e, reference):
     proc = e2e.background("extract", "swarm", str(e2e.spec), "--card", "s2", "--all", "--lease", "20")
     killed = ""
     deadline = time.monotonic() + 900
+    keys = yaml.safe_load(e2e.sandbox.s3.credentials_file.read_text())
+    inspected = ""
     while not killed and proc.poll() is None and time.monotonic() < deadline:
         if e2e.query("SELECT count(*) FROM extraction_runs WHERE status = 'inprogress'")[0][0]:
+            # the workers read S3 with keys handed over as a swarm secret: in no spec, env or log
+            inspected = e2e.ssh("manager", 0, "sudo docker service inspect cbm-extract-s2-scl; "
+                                              "sudo docker service logs --raw cbm-extract-s2-scl 2>&1")
+            for i in (0, 1):
+                inspected += e2e.ssh("workers", i, "sudo docker ps -q --filter label=com.docker.swarm.service.name "
+                                                   "| xargs -r sudo docker inspect")
             for i in (0, 1):
                 killed = e2e.ssh("workers", i, "sudo docker ps -q --filter label=com.docker.swarm.service.name "
                                                "| xargs -r sudo docker kill").strip()
@@ -106,6 +116,8 @@ def test_swarm_extraction_survives_a_killed_worker(e2e, reference):
     out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out[-4000:]
     assert killed, "no worker task was running to be killed"
+    assert "CBM_S3_CREDENTIALS_FILE=/run/secrets/s3" in inspected and "CBM_EODATA_SOURCE=s3" in inspected
+    assert keys["secret_key"] not in inspected and keys["access_key"] not in inspected
     for card in ("bs", "c6"):
         e2e.cbm("extract", "swarm", str(e2e.spec), "--card", card, "--all")
     sigs, hists = reference

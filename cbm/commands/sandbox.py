@@ -18,7 +18,8 @@ def register(sub) -> None:
     _state_dir_option(start)
     start.add_argument("--port", type=int, metavar="N", help="port on 127.0.0.1 (default: the last one, or free)")
     start.add_argument("--eodata", metavar="DIR",
-                       help="host folder mounted read-only at /eodata in servers on the `eodata` network")
+                       help="host folder of products: mounted read-only at /eodata in servers on the `eodata` "
+                            "network, and served by an S3 server reachable from them (as on CDSE)")
     stop = add_command(group, "stop", cmd_stop, "stop the sandbox cloud")
     _state_dir_option(stop)
     stop.add_argument("--purge", action="store_true",
@@ -45,6 +46,8 @@ def cmd_start(args) -> int:
     sb.start()
     print(f"sandbox cloud {'already running' if was_running else 'started'} at {sb.url} "
           f"(cloud '{sb.cloud_name}', log {sb.log_file})")
+    print(f"eodata S3 at {sb.eodata_endpoint()} from the servers ({sb.s3.endpoint()} here), bucket eodata, "
+          f"keys in {sb.s3.credentials_file}")
     print(f"export OS_CLIENT_CONFIG_FILE={sb.clouds_yaml} OS_CLOUD={sb.cloud_name}")
     return 0
 

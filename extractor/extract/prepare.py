@@ -12,7 +12,7 @@ import time
 from psycopg2 import sql
 
 from extractor.db import table
-from extractor.errors import CbmError, UserError
+from extractor.errors import UserError
 from extractor.extract import cards, rasterize, sources, storage, worker
 from extractor.extract.cards import SceneError
 
@@ -41,8 +41,11 @@ def grid_keys(conn, settings, filters, cards_wanted) -> tuple[dict, list[str]]:
                     keys.setdefault(rasterize.utm_key(epsg, res), f"s2 EPSG:{epsg} {res} m")
             continue
         spec = cards.run_spec(settings, card, cards.RESOLUTIONS[card][0])
-        if scenes:
-            storage.check(settings)
+        why = storage.problem(settings) if scenes else None
+        if why:  # the S1 grids are read from the products; the workers rasterize them when they meet them
+            notes.append(f"{card}: the grids of {len(scenes)} scene(s) were not read here ({why}); the workers "
+                         "rasterize the parcels for them")
+            continue
         unread = 0
         for _, path, _ in scenes:
             try:
@@ -51,7 +54,8 @@ def grid_keys(conn, settings, filters, cards_wanted) -> tuple[dict, list[str]]:
                 unread += 1
                 continue
             except storage.StorageFault as exc:
-                raise CbmError(f"cannot read the grid of {path}: {exc}; run again when the storage answers") from None
+                notes.append(f"{card}: the storage stopped answering ({exc}); the workers rasterize the rest")
+                break
             key = rasterize.grid_key(g.crs, g.transform)
             keys.setdefault(key, f"{card} {key.label()}")
         if unread:

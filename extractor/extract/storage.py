@@ -82,23 +82,28 @@ def describe(settings) -> str:
     return f"the eodata {settings.eodata.source} {settings.eodata.root}"
 
 
+def read_keys_file(path: str, what: str = "s3.credentials_file") -> tuple[str, str]:
+    """(access_key, secret_key) from a keys file: YAML/JSON {access_key, secret_key} or the seed's
+    s3_config.json {"s3": {...}}; refused unless mode 0600 (the message never holds a key)."""
+    from extractor.settings import read_secret_file  # lazy: settings imports nothing of extract
+
+    text = read_secret_file(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("s3"), dict):
+        data = data["s3"]
+    if not (isinstance(data, dict) and data.get("access_key") and data.get("secret_key")):
+        raise UserError(f"{what} {path} must hold access_key and secret_key (YAML or JSON); fix the file")
+    return str(data["access_key"]), str(data["secret_key"])
+
+
 def s3_keys(settings) -> tuple[str, str] | None:
     """The S3 keys: s3.credentials_file, else s3.access_key/secret_key, else None (unsigned)."""
     s3 = settings.s3
     if s3.credentials_file:
-        from extractor.settings import read_secret_file  # lazy: settings imports nothing of extract
-
-        text = read_secret_file(s3.credentials_file, "s3.credentials_file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("s3"), dict):
-            data = data["s3"]  # the seed's s3_config.json
-        if not (isinstance(data, dict) and data.get("access_key") and data.get("secret_key")):
-            raise UserError(f"s3.credentials_file {s3.credentials_file} must hold access_key and secret_key "
-                            "(YAML or JSON); fix the file")
-        return str(data["access_key"]), str(data["secret_key"])
+        return read_keys_file(s3.credentials_file)
     if s3.access_key and s3.secret_key:
         return s3.access_key, s3.secret_key
     return None
@@ -120,6 +125,7 @@ def gdal_options(settings) -> dict:
             "GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_TIMEOUT": "120",
             # no folder listing on open (the files were listed already); no .aux.xml probes
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO",
+            "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",  # bytes fetched per scene (fetched())
         })
         if s3_keys(settings) is None:
             opts["AWS_NO_SIGN_REQUEST"] = "YES"
@@ -140,6 +146,17 @@ def product_location(settings, product_path: str) -> str:
     if is_s3(settings):
         return f"/vsis3/{settings.s3.bucket}/{key}"
     return os.path.join(settings.eodata.root, key)
+
+
+def start_counting(settings) -> None:
+    """Count the bytes fetched from here on (S3 only)."""
+    if is_s3(settings):
+        vsi.network_stats_reset()
+
+
+def fetched(settings) -> int | None:
+    """Bytes fetched from S3 since start_counting(); None for a mount or folder."""
+    return vsi.network_bytes() if is_s3(settings) else None
 
 
 # -- does the storage answer ------------------------------------------------------------------

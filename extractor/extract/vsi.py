@@ -120,3 +120,26 @@ def stat_size(path: str) -> tuple[int | None, VsiError]:
 def clear_cache() -> None:
     """Forget GDAL's cached listings and object facts (after a storage fault, nothing cached is trusted)."""
     _lib().VSICurlClearCache()
+
+
+def network_stats_reset() -> None:
+    """Start counting again (needs CPL_VSIL_NETWORK_STATS_ENABLED=YES in the GDAL config)."""
+    _lib().VSINetworkStatsReset()
+
+
+def network_bytes() -> int:
+    """Bytes GDAL downloaded over /vsicurl/ and /vsis3/ since the last reset (0 when not counted)."""
+    import json  # lazy: only when the statistics are asked for
+
+    lib = _lib()
+    lib.VSINetworkStatsGetAsSerializedJSON.restype = ctypes.c_void_p
+    lib.VSINetworkStatsGetAsSerializedJSON.argtypes = [ctypes.c_void_p]
+    ptr = lib.VSINetworkStatsGetAsSerializedJSON(None)
+    if not ptr:
+        return 0
+    try:
+        stats = json.loads(ctypes.string_at(ptr).decode())
+    finally:
+        lib.VSIFree(ctypes.c_void_p(ptr))
+    methods = stats.get("methods") or {}
+    return sum(int(m.get("downloaded_bytes", 0)) for m in methods.values() if isinstance(m, dict))

@@ -51,6 +51,7 @@ class SceneResult:
     parcels: int = 0
     detail: str | None = None
     seconds: dict = field(default_factory=dict)
+    fetched: int | None = None   # bytes fetched from S3 for the scene
 
 
 def check_filters(conn, settings, aoi: str | None, start: str | None, end: str | None) -> claims.Filters:
@@ -168,6 +169,7 @@ def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
     """Extract one claimed scene run and commit its rows with its status (or an error status)."""
     settings, spec = ctx.settings, ctx.spec
     t0 = time.perf_counter()
+    storage.start_counting(settings)
     try:
         files = sources.band_files(settings, spec, c.product_path)
         grid = sources.open_grid(settings, files)
@@ -203,7 +205,7 @@ def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
     if status != EXTRACTED:
         return SceneResult(status, detail=detail)
     timing.update(total=time.perf_counter() - t0, write=time.perf_counter() - t1)
-    return SceneResult(EXTRACTED, nrows, int(pids.size), seconds=timing)
+    return SceneResult(EXTRACTED, nrows, int(pids.size), seconds=timing, fetched=storage.fetched(settings))
 
 
 def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, end=None, once=False,
@@ -257,6 +259,7 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
             secs = result.seconds
             extra = (f", {result.parcels} parcels, {result.rows} rows in {secs['total']:.1f} s"
                      f" (read {secs['read']:.1f} s, stats {secs['stats']:.1f} s, write {secs['write']:.1f} s)"
+                     + (f", {result.fetched / 1e6:.1f} MB fetched" if result.fetched is not None else "")
                      if result.status == EXTRACTED else (f": {result.detail}" if result.detail else ""))
             out(f"scene {c.obsid} {c.reference} run {c.res}: {result.status}{extra}")
             if once:

@@ -9,6 +9,12 @@
     workers: 2
     volume: {size: 200, type: null}  # GB; type optional (the cloud's default)
     networks: {private: my-net, eodata: eodata, floating_pool: external}
+    eodata:                          # where the workers read products; default {source: mount, root: /eodata}
+      source: s3                     # s3: CDSE's S3 endpoint; mount: the /eodata tree on the VMs
+      endpoint: https://eodata.cloudferro.com   # s3: the endpoint (URL, or host name for https)
+      bucket: eodata                 # s3, default eodata
+      credentials_file: ~/.config/cbm/dk-s3.yml # s3: {access_key, secret_key}, mode 0600; or the
+                                     #   s3 keys of the deployment's settings (cbm.yml, CBM_S3_*)
     db_port: 11039                   # default 11039
     ingress:                         # required, no default: who may reach SSH and the database
       ssh: [198.51.100.0/24]
@@ -46,7 +52,7 @@ KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp3
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 RESERVED_NAMES = {"sandbox"}
-TOP_KEYS = {"name", "cloud", "region", "prefix", "image", "flavors", "workers", "volume", "networks",
+TOP_KEYS = {"name", "cloud", "region", "prefix", "image", "flavors", "workers", "volume", "networks", "eodata",
             "db_port", "ingress", "ssh_user", "extra_authorized_keys", "tags", "timeouts"}
 
 
@@ -74,6 +80,16 @@ class Networks:
 
 
 @dataclass(frozen=True)
+class Eodata:
+    """Where the workers read the products (extractor/extract/storage.py)."""
+    source: str = "mount"
+    root: str = "/eodata"
+    endpoint: str | None = None
+    bucket: str = "eodata"
+    credentials_file: str | None = None   # a controller path (expanded); None: the settings' keys
+
+
+@dataclass(frozen=True)
 class Ingress:
     ssh: tuple[str, ...]
     db: tuple[str, ...]
@@ -94,6 +110,7 @@ class Spec:
     networks: Networks
     db_port: int
     ingress: Ingress
+    eodata: Eodata = Eodata()
     ssh_user: str = DEFAULT_SSH_USER
     extra_authorized_keys: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
@@ -190,6 +207,34 @@ def check_cidr(checker: _Checker, key: str, value: str) -> str:
     return str(net)
 
 
+def parse_eodata(c: _Checker, data, spec_dir: Path) -> Eodata:
+    if data is None:
+        return Eodata()
+    e = c.mapping(data, "eodata", {"source", "root", "endpoint", "bucket", "credentials_file"})
+    source = c.string(e, "source", "eodata.source", default="mount")
+    if source == "mount":
+        for key in ("endpoint", "bucket", "credentials_file"):
+            if key in e:
+                c.fail(f"eodata.{key}", "belongs to source: s3; remove it or set eodata.source: s3")
+        root = c.string(e, "root", "eodata.root", default="/eodata")
+        if not root.startswith("/"):
+            c.fail("eodata.root", f"{root!r} must be an absolute path on the workers, e.g. /eodata")
+        return Eodata(source="mount", root=root)
+    if source != "s3":
+        c.fail("eodata.source", f"{source!r} is unknown; use s3 or mount")
+    if "root" in e:
+        c.fail("eodata.root", "belongs to source: mount; remove it or set eodata.source: mount")
+    endpoint = c.string(e, "endpoint", "eodata.endpoint") or c.fail(
+        "eodata.endpoint", "is required for source: s3, e.g. https://eodata.cloudferro.com")
+    if "://" in endpoint and endpoint.split("://", 1)[0].lower() not in ("http", "https"):
+        c.fail("eodata.endpoint", f"{endpoint!r} must start with https:// or http:// (or be a host name)")
+    bucket = c.string(e, "bucket", "eodata.bucket", default="eodata")
+    creds = c.string(e, "credentials_file", "eodata.credentials_file")
+    if creds:
+        creds = str((spec_dir / Path(creds).expanduser()).resolve())
+    return Eodata(source="s3", endpoint=endpoint, bucket=bucket, credentials_file=creds)
+
+
 def check_public_key(checker: _Checker, key: str, value: str) -> str:
     parts = value.split()
     if len(parts) < 2 or parts[0] not in KEY_TYPES:
@@ -250,6 +295,7 @@ def parse(data, path: Path, shown: Path | None = None) -> Spec:
         ssh=tuple(check_cidr(c, "ingress.ssh", v) for v in c.string_list(ing, "ssh", "ingress.ssh")),
         db=tuple(check_cidr(c, "ingress.db", v) for v in c.string_list(ing, "db", "ingress.db")))
 
+    eodata = parse_eodata(c, data.get("eodata"), path.parent)
     ssh_user = c.string(data, "ssh_user", default=DEFAULT_SSH_USER, pattern=USER_RE, hint="a Unix user name")
     keys = tuple(check_public_key(c, "extra_authorized_keys", v)
                  for v in c.string_list(data, "extra_authorized_keys"))
@@ -265,7 +311,7 @@ def parse(data, path: Path, shown: Path | None = None) -> Spec:
 
     return Spec(path=path, name=name, cloud=cloud, region=region, prefix=prefix, image=image,
                 manager_flavor=manager_flavor, worker_flavor=worker_flavor, workers=workers, volume=volume,
-                networks=networks, db_port=db_port, ingress=ingress, ssh_user=ssh_user,
+                networks=networks, db_port=db_port, ingress=ingress, eodata=eodata, ssh_user=ssh_user,
                 extra_authorized_keys=keys, tags=tags, wait_timeout=wait_timeout, api_timeout=api_timeout,
                 raw=data, shown=str(shown or path))
 

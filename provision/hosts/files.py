@@ -80,6 +80,7 @@ class DeploymentFiles:
         self.known_hosts = self.root / "known_hosts"
         self.password = self.root / "db_password"
         self.pgpass = self.root / "pgpass"
+        self.s3_credentials = self.root / "s3-credentials.yml"  # the settings' S3 keys, for the workers
         self.onboarding = self.root / "onboarding.yml"
         self.backups = self.root / "backups"
         self.images = self.root / "images"

@@ -19,10 +19,12 @@ import io
 import json
 import time
 
+import yaml
+
 from extractor import db, progress
 from extractor.errors import CbmError, UserError
-from extractor.extract import cards
-from provision.hosts import ssh
+from extractor.extract import cards, storage
+from provision.hosts import files, ssh
 from provision.ops import configure, deployment, extractor_image, onboard
 
 SERVICE_PREFIX = "cbm-extract"
@@ -44,6 +46,32 @@ def runs_for(settings, card: str, res: int | None, all_runs: bool) -> list[int]:
         return [cards.RESOLUTIONS[card][0]]
     cards.run_spec(settings, card, res)  # validates the pair
     return [res]
+
+
+def storage_vars(dep, settings) -> tuple[dict, str]:
+    """The extractor_service variables telling the workers where the products are (the spec's
+    `eodata`), and that place in words. S3 keys: the spec's eodata.credentials_file, else the
+    deployment settings' s3 keys (written to a 0600 file in the deployment's state folder); the
+    role hands the file to the workers as a swarm secret. The keys are never passed as values."""
+    e = dep.spec.eodata
+    if e.source == "mount":
+        return ({"extractor_service_eodata_source": "mount", "extractor_service_eodata": e.root},
+                f"the mount {e.root} on the workers")
+    keys_file = ""
+    if e.credentials_file:
+        storage.read_keys_file(e.credentials_file, f"{dep.spec.where}: eodata.credentials_file")
+        keys_file = e.credentials_file
+    elif settings.s3.credentials_file:
+        storage.read_keys_file(settings.s3.credentials_file)
+        keys_file = str(settings.s3.credentials_file)
+    elif settings.s3.access_key and settings.s3.secret_key:
+        dep.files.folder()
+        files.write_private(dep.files.s3_credentials, yaml.safe_dump(
+            {"access_key": settings.s3.access_key, "secret_key": settings.s3.secret_key}))
+        keys_file = str(dep.files.s3_credentials)
+    where = f"S3 bucket {e.bucket} at {e.endpoint}" + ("" if keys_file else " (unsigned requests: no keys given)")
+    return ({"extractor_service_eodata_source": "s3", "extractor_service_s3_endpoint": e.endpoint,
+             "extractor_service_s3_bucket": e.bucket, "extractor_service_s3_credentials_file": keys_file}, where)
 
 
 def progress_of(settings, card: str, res: int) -> dict:
@@ -128,6 +156,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
         raise UserError(f"no AOI/parcel table known for deployment {dep.name}; run cbm onboard {spec_path} first "
                         "or pass --aoi and --parcels")
     replicas = replicas or max(1, dep.spec.workers)
+    products, where = storage_vars(dep, settings)
     # configure.yml next to the spec may name a local base image (the sandbox: nothing can be pulled).
     base = base_image or configure.user_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
     out(f"== extractor image (base {base})")
@@ -147,7 +176,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     results = []
     for r in resolutions:
         name = service_name(card, r)
-        out(f"== {name}: {replicas} worker(s) on the swarm")
+        out(f"== {name}: {replicas} worker(s) on the swarm, products from {where}")
         common = {"extractor_service_name": name, "extractor_service_image": image,
                   "extractor_service_password_file": str(dep.files.password)}
         _playbook(dep.spec, {**common, "extractor_service_state": "present",
@@ -155,7 +184,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                               "extractor_service_replicas": replicas,
                               "extractor_service_db_port": dep.db_port,
                               "extractor_service_args": ["run", "--card", card, "--res", str(r)],
-                              "extractor_service_env": env}, out)
+                              "extractor_service_env": env, **products}, out)
         t0 = time.monotonic()
         try:
             with (follower or _no_follower)(card, r) as on_progress:

@@ -21,6 +21,7 @@ import yaml
 from extractor.errors import CbmError, UserError
 from sandbox.cloud import hostimage
 from sandbox.cloud.backend import Backend
+from sandbox.s3 import EodataS3
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ class Sandbox:
                 raise UserError(f"the sandbox in {self.state_dir} already runs with another eodata folder; "
                                 "stop it first (cbm sandbox stop)")
             self._wait_ready(timeout)
-            self.write_clouds_yaml()
-            return self
+            return self._serve()
         if shutil.which("docker") is None:
             raise UserError("docker: command not found; run scripts/bootstrap.sh (the sandbox runs hosts as "
                             "containers)")
@@ -153,8 +153,35 @@ class Sandbox:
             if proc.poll() is None:
                 proc.terminate()
             raise
+        return self._serve()
+
+    def _serve(self) -> "Sandbox":
+        """The cloud answers: write its clouds.yaml and make sure the eodata S3 server runs."""
         self.write_clouds_yaml()
+        self.s3.eodata.mkdir(parents=True, exist_ok=True)
+        self.s3.start()
         return self
+
+    # -- the eodata S3 stand-in ------------------------------------------------------------
+    @property
+    def s3(self) -> EodataS3:
+        """The S3 server serving the sandbox's eodata folder (sandbox/s3.py), as on CDSE."""
+        st = self.state() or {}
+        return EodataS3(self.state_dir, Path(st.get("eodata") or self.eodata or self.state_dir / "eodata"))
+
+    def eodata_endpoint(self) -> str:
+        """The S3 endpoint as the sandbox's servers reach it: the host's address on the eodata network."""
+        st = self.state() or {}
+        for net in (st.get("networks") or {}).values():
+            if net.get("cbm:eodata") and net.get("subnets"):
+                gateway = st["subnets"][net["subnets"][0]]["cbm:docker_gateway"]
+                return self.s3.endpoint(gateway)
+        raise CbmError(f"the sandbox in {self.state_dir} has no eodata network; run: cbm sandbox start")
+
+    def republish_eodata(self) -> None:
+        """Serve the eodata folder again after products were added to it (new keys, same port)."""
+        self.s3.stop()
+        self.s3.start()
 
     def _wait_ready(self, timeout: float, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -194,6 +221,11 @@ class Sandbox:
 
     def stop(self, purge: bool = False, timeout: float = 90) -> dict[str, int]:
         """Stop the service; with purge, also remove every container, network, loop device and file."""
+        if self.state() is not None:
+            if purge:
+                self.s3.purge()
+            else:
+                self.s3.stop()
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
