@@ -63,6 +63,17 @@ def test_committed_examples_load_and_never_open_ports_to_the_world():
     sandbox = specs.load(SANDBOX)
     assert (sandbox.cloud, sandbox.workers, sandbox.networks.private) == ("cbm-sandbox", 2, "cbm-private")
     assert sandbox.inventory_path == SANDBOX.parent / "hosts.yml"
+    assert (sandbox.eodata.source, sandbox.eodata.root) == ("mount", "/eodata")   # the default
+    assert example.eodata.source == "s3" and example.eodata.endpoint.startswith("https://")
+    assert example.eodata.credentials_file == str(Path("~/.config/cbm/example-s3.yml").expanduser())
+
+
+def test_s3_keys_file_relative_to_the_spec(tmp_path):
+    data = base_spec()
+    data["eodata"] = {"source": "s3", "endpoint": "http://10.0.0.1:9000", "credentials_file": "keys/s3.yml"}
+    s = specs.parse(data, tmp_path / "deployment.yml")
+    assert (s.eodata.endpoint, s.eodata.bucket) == ("http://10.0.0.1:9000", "eodata")
+    assert s.eodata.credentials_file == str(tmp_path / "keys" / "s3.yml")
 
 
 def test_defaults_apply():
@@ -93,6 +104,12 @@ def test_defaults_apply():
     (lambda d: d.update(name="sandbox"), ["'name'", "reserved"]),
     (lambda d: d.update(extra_authorized_keys=["ssh-rsa AAAAnotakey"]), ["'extra_authorized_keys'", "damaged"]),
     (lambda d: d.update(tags=["a,b"]), ["'tags'"]),
+    (lambda d: d.update(eodata={"source": "nfs"}), ["'eodata.source'", "use s3 or mount"]),
+    (lambda d: d.update(eodata={"source": "s3"}), ["'eodata.endpoint'", "required"]),
+    (lambda d: d.update(eodata={"source": "s3", "endpoint": "ftp://x"}), ["'eodata.endpoint'", "https://"]),
+    (lambda d: d.update(eodata={"endpoint": "https://x"}), ["'eodata.endpoint'", "source: s3"]),
+    (lambda d: d.update(eodata={"source": "mount", "root": "eodata"}), ["'eodata.root'", "absolute"]),
+    (lambda d: d.update(eodata={"source": "s3", "endpoint": "x", "bucket": 3}), ["'eodata.bucket'"]),
 ])
 def test_bad_spec_gives_one_line_naming_the_key(isolated, tmp_path, capsys, mutate, needles):
     data = base_spec()

@@ -8,9 +8,9 @@ The object key (or the path under eodata.root) is the catalogue's product_path w
 
 S3 keys come from s3.credentials_file (YAML/JSON {access_key, secret_key}, or the seed's
 s3_config.json {"s3": {...}}; mode 0600, re-read for every scene so rotated keys are picked up) or
-s3.access_key/s3.secret_key. They reach GDAL through a rasterio Session (rasterio refuses AWS keys as
-plain config options), never through the environment, argv or a log line. Without keys requests go
-unsigned.
+s3.access_key/s3.secret_key. They reach GDAL as options of the bucket's path (vsi.set_path_options;
+rasterio refuses AWS keys as plain config options), never through the environment, argv or a log
+line. Without keys requests go unsigned.
 
 Failures: `check()` at a worker's start raises a one-line CbmError when the storage does not answer
 (the mount is not mounted or empty, the endpoint is unreachable or refuses the keys). During a scene
@@ -27,7 +27,6 @@ import re
 import secrets
 
 import rasterio
-import rasterio.session
 import yaml
 
 from extractor.errors import CbmError, UserError, one_line
@@ -42,23 +41,6 @@ HTTP_CODE = re.compile(r"HTTP response code(?: on \S+)?: (\d+)")
 
 class StorageFault(Exception):
     """The storage did not answer (network, server, mount): the scene is given back, never final."""
-
-
-class _Keys(rasterio.session.Session):
-    """S3 keys handed to GDAL the way rasterio allows: as a session's credentials."""
-
-    def __init__(self, access_key: str, secret_key: str):
-        self._options = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-
-    @classmethod
-    def hascreds(cls, config) -> bool:
-        return "AWS_ACCESS_KEY_ID" in config and "AWS_SECRET_ACCESS_KEY" in config
-
-    def get_credential_options(self) -> dict:
-        return dict(self._options)
-
-    def __repr__(self) -> str:  # never the keys
-        return "S3 keys"
 
 
 def is_s3(settings) -> bool:
@@ -123,8 +105,9 @@ def gdal_options(settings) -> dict:
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".jp2,.tif,.tiff,.xml,.img,.hdr,.safe",
             "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1",
             "GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_TIMEOUT": "120",
-            # no folder listing on open (the files were listed already); no .aux.xml probes
-            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO",
+            # no folder listing on open (the files were listed already; siblings such as the ENVI .hdr are
+            # still asked for one by one), no .aux.xml probes
+            "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE", "GDAL_PAM_ENABLED": "NO",
             "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",  # bytes fetched per scene (fetched())
         })
         if s3_keys(settings) is None:
@@ -133,10 +116,12 @@ def gdal_options(settings) -> dict:
 
 
 def env(settings) -> rasterio.Env:
-    """The rasterio.Env every read of the products runs in (holds the keys: never print it)."""
-    keys = s3_keys(settings) if is_s3(settings) else None
-    if keys:
-        return rasterio.Env(session=_Keys(*keys), **gdal_options(settings))
+    """The rasterio.Env every read of the products runs in. The S3 keys are set (again: the file may
+    have new keys) as GDAL options of the bucket's path, not of the Env (see vsi.set_path_options)."""
+    if is_s3(settings):
+        keys = s3_keys(settings)
+        vsi.set_path_options(f"/vsis3/{settings.s3.bucket}", {"AWS_ACCESS_KEY_ID": keys[0],
+                                                              "AWS_SECRET_ACCESS_KEY": keys[1]} if keys else {})
     return rasterio.Env(**gdal_options(settings))
 
 

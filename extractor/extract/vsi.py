@@ -5,8 +5,9 @@ list one folder (not recursively), stat a file, and the error GDAL recorded for 
 Why: a worker must tell "the object is not there" (a final status for the scene) from "the
 storage did not answer" (the scene goes back to the queue), and check at start that its S3
 endpoint authenticates. GDAL records that distinction (cpl_vsi_error.h) but neither rasterio nor
-pyogrio returns it. The calls go to the libgdal rasterio loaded (found in /proc/self/maps), so
-the GDAL config set by rasterio.Env (endpoint, keys, retries) applies to them too.
+pyogrio returns it. The calls go to the libgdal rasterio loaded (found in /proc/self/maps; pyogrio
+may have loaded another one), so the GDAL config set by rasterio.Env (endpoint, retries) applies to
+them too.
 """
 
 from __future__ import annotations
@@ -48,15 +49,18 @@ def _lib():
     global _gdal
     with _lock:
         if _gdal is None:
-            path = None
+            found = []
             with open("/proc/self/maps") as maps:
                 for line in maps:
                     name = line.rsplit(" ", 1)[-1].strip()
-                    if "/libgdal" in name and ".so" in name:
-                        path = name
-                        break
-            if path is None:
-                raise OSError("rasterio's libgdal is not loaded in this process")
+                    if "/libgdal" in name and ".so" in name and name not in found:
+                        found.append(name)
+            # other packages bring their own libgdal (pyogrio's wheel): take rasterio's, the one
+            # its wheel vendors (rasterio.libs/), else one no other wheel vendors (a system GDAL)
+            ours = [p for p in found if "/rasterio" in p] or [p for p in found if ".libs/" not in p]
+            if not ours:
+                raise OSError(f"rasterio's libgdal is not among the loaded ones ({', '.join(found) or 'none'})")
+            path = ours[0]
             lib = ctypes.CDLL(path)
             lib.VSIReadDirEx.restype = ctypes.POINTER(ctypes.c_char_p)
             lib.VSIReadDirEx.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -115,6 +119,16 @@ def stat_size(path: str) -> tuple[int | None, VsiError]:
     if lib.VSIStatExL(path.encode(), buf, _STAT_EXISTS | _STAT_SIZE | _STAT_SET_ERROR) != 0:
         return None, last_error()
     return int.from_bytes(buf.raw[_ST_SIZE_OFFSET:_ST_SIZE_OFFSET + 8], "little", signed=True), VsiError(0, "")
+
+
+def set_path_options(prefix: str, options: dict[str, str]) -> None:
+    """GDAL config options for every file under `prefix` (e.g. /vsis3/eodata), whatever rasterio.Env
+    is active: how S3 keys reach GDAL (rasterio.Env refuses them as options, and a nested Env drops a
+    session's keys). An empty dict clears them."""
+    lib = _lib()
+    lib.VSIClearPathSpecificOptions(prefix.encode())
+    for key, value in options.items():
+        lib.VSISetPathSpecificOption(prefix.encode(), key.encode(), value.encode())
 
 
 def clear_cache() -> None:

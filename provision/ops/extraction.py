@@ -23,7 +23,7 @@ import yaml
 
 from extractor import db, progress
 from extractor.errors import CbmError, UserError
-from extractor.extract import cards, storage
+from extractor.extract import cards
 from provision.hosts import files, ssh
 from provision.ops import configure, deployment, extractor_image, onboard
 
@@ -53,6 +53,8 @@ def storage_vars(dep, settings) -> tuple[dict, str]:
     `eodata`), and that place in words. S3 keys: the spec's eodata.credentials_file, else the
     deployment settings' s3 keys (written to a 0600 file in the deployment's state folder); the
     role hands the file to the workers as a swarm secret. The keys are never passed as values."""
+    from extractor.extract import storage  # lazy: it loads rasterio; only `extract swarm` needs it
+
     e = dep.spec.eodata
     if e.source == "mount":
         return ({"extractor_service_eodata_source": "mount", "extractor_service_eodata": e.root},
