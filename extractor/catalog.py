@@ -22,6 +22,7 @@ JSON, the database going away) leaves the database as it was.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import logging
 import re
@@ -166,7 +167,8 @@ class Client:
                 if not retryable or attempt == self.retries:
                     raise CbmError(f"catalog request failed with HTTP {exc.code} at {where}: {one_line(detail)}") from None
                 wait = _retry_after(exc.headers.get("Retry-After"), delay)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException) as exc:
+                # HTTPException: a reply cut short (IncompleteRead) or malformed: a network error too
                 reason = getattr(exc, "reason", exc)
                 if attempt == self.retries:
                     raise CbmError(f"catalog unreachable at {where}: {reason} (after {attempt + 1} tries); check catalog.url") from None

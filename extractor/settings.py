@@ -175,6 +175,11 @@ def load(explicit: str | None = None, environ: dict[str, str] | None = None) -> 
         if not isinstance(data, dict):
             raise UserError(f"config file {path} must be a mapping of sections (db:, catalog:, ...); fix its layout")
     origin = str(path) if path else "settings"
+    held = sorted(f"{sec}.{key}" for sec, key in SECRET_KEYS
+                  if isinstance(data.get(sec), dict) and data[sec].get(key) not in (None, ""))
+    if held and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(f"config file {path} holds secrets ({', '.join(held)}) and others can read it; "
+                        f"run: chmod 600 {path}")
     values: dict[str, dict[str, Any]] = {s: dict(keys) for s, keys in DEFAULTS.items()}
     for section, keys in data.items():
         if section not in DEFAULTS:

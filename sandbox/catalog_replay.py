@@ -7,8 +7,8 @@ It answers `GET <base>/<Collection>/search.json?...` the way CDSE does:
     bounding box), sorted by startDate and paged with maxRecords/page, with a `next` link when a
     page is full (so a full last page is followed by an empty one), and the 10,000-result offset
     cap answered with CDSE's 400 validation error;
-  * faults can be injected: 'html', 'truncated', '500' (every request), '429:N' / '500:N' (the
-    first N requests).
+  * faults can be injected: 'html', 'truncated', '500' (every request), '429:N' / '500:N' /
+    'cut:N' (the first N requests; 'cut' closes the connection half-way through the announced body).
 Every request is logged in `.requests` (the parsed query) so tests can check what was asked.
 """
 
@@ -107,6 +107,10 @@ class CatalogReplay:
             return 200, "application/json", b'{"type": "FeatureCollection", "features": [{"type": "Fea'
         if fault in ("500", "429"):
             return int(fault), "application/json", b'{"detail": "injected fault"}'
+        status, ctype, body = self._reply(collection, query)
+        return status, ctype, (_Cut(body[:len(body) // 2]) if fault == "cut" else body)
+
+    def _reply(self, collection: str, query: dict[str, str]) -> tuple[int, str, bytes]:
         page = int(query.get("page", "1"))
         size = int(query.get("maxRecords", "20"))
         index = int(query.get("index", "1"))
@@ -169,7 +173,9 @@ class CatalogReplay:
                 status, ctype, body = replay.answer(parsed.path, query)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                # a cut reply announces more than it sends, then the connection closes
+                self.send_header("Content-Length", str(len(body) * 2 + 1 if isinstance(body, _Cut) else len(body)))
+                self.close_connection = isinstance(body, _Cut)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -177,6 +183,10 @@ class CatalogReplay:
                 pass
 
         return Handler
+
+
+class _Cut(bytes):
+    """The first half of a reply whose connection is cut (an injected 'cut' fault)."""
 
 
 def s2_feature(tile: str, sensing: str, baseline: str = "N0500", relorbit: int = 51,

@@ -125,6 +125,15 @@ def test_429_is_retried(db):
     assert len(catalogue(db)) == 1
 
 
+def test_a_reply_cut_short_is_retried(db):
+    with CatalogReplay(features={"Sentinel1": [s1_feature("bs", "20230501T053000", [[[5, 51], [6, 51], [6, 52], [5, 51]]])]},
+                       fault="cut:1") as cat:
+        proc = sync(db, cat, "nl", "2023-05-01", "2023-05-02", "bs")
+        assert proc.returncode == 0, proc.stderr
+        assert len(cat.requests) == 2
+    assert len(catalogue(db)) == 1
+
+
 @pytest.mark.parametrize("fault,needle", [("html", "not JSON"), ("truncated", "not JSON"), ("500", "HTTP 500")])
 def test_bad_replies_leave_the_database_as_it_was(db, fault, needle):
     with CatalogReplay(recorded={("Sentinel2", 1): S2_PAGE}) as cat:

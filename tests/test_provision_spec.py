@@ -161,6 +161,16 @@ def test_ssh_key_is_private_and_stable(isolated):
     assert ownership.same_key(derived, public)
 
 
+def test_only_the_last_run_folders_are_kept(isolated):
+    files = DeploymentFiles("dk")
+    made = [files.new_run_dir(keep=3) for _ in range(5)]
+    for i, path in enumerate(made):  # distinct ages, oldest first
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    newest = files.new_run_dir(keep=3)
+    assert sorted(p.name for p in (files.root / "runs").iterdir()) == sorted([made[3].name, made[4].name, newest.name])
+    assert stat.S_IMODE(newest.stat().st_mode) == 0o700
+
+
 def test_forget_hosts_drops_only_given_addresses(isolated):
     DeploymentFiles("dk").ensure_ssh_key()
     kh = DeploymentFiles("dk").known_hosts

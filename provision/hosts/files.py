@@ -6,7 +6,8 @@
         db_password                     the postgres password, generated once by `cbm configure` (0600)
         pgpass                          libpq password file for pg_dump/pg_restore/psql (0600)
         onboarding.yml                  the choices of `cbm onboard` (defaults of `cbm extract swarm`)
-        runs/<UTC time>/                one ansible-runner private data dir per playbook run
+        s3-credentials.yml              the settings' S3 keys, handed to the workers (`cbm extract swarm`)
+        runs/<UTC time>/                one ansible-runner private data dir per playbook run (last 20 kept)
         backups/<UTC time>.dump         `cbm db backup` (and `cbm upgrade`) dumps
         images/                         the extractor image archive handed to the hosts
     ${XDG_STATE_HOME:-~/.local/state}/cbm/backups/   dumps of the database of the settings (no deployment)
@@ -23,6 +24,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from extractor.errors import CbmError
 
 KEY_FILE = "id_ed25519"
+KEEP_RUNS = 20   # ansible-runner run folders kept per deployment
 
 
 def state_root() -> Path:
@@ -138,9 +141,13 @@ class DeploymentFiles:
         self.known_hosts.unlink(missing_ok=True)
 
     # -- runs ------------------------------------------------------------------------------
-    def new_run_dir(self) -> Path:
-        """A new ansible-runner private data dir: runs/<UTC timestamp>[-n]/ (0700)."""
+    def new_run_dir(self, keep: int = KEEP_RUNS) -> Path:
+        """A new ansible-runner private data dir: runs/<UTC timestamp>[-n]/ (0700). The oldest run
+        folders beyond the last `keep` are removed (they hold event logs of past playbook runs)."""
         runs = make_private_dir(self.root / "runs")
+        past = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
+        for old in past[:max(len(past) - (keep - 1), 0)]:
+            shutil.rmtree(old, ignore_errors=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path, n = runs / stamp, 1
         while path.exists():
