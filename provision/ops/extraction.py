@@ -8,7 +8,9 @@ to claim or in progress. `--card s2 --all` runs the seed's S2 order: SCL histogr
 10 m, then 20 m bands, each run tracked on its own (extraction_runs), no status is reset.
 
 Workers that die are restarted by the swarm (restart on failure); their scene is taken back when
-its lease expires (extract.lease). A run whose tasks all ended while scenes are left, or that makes
+its lease expires (extract.lease). A progress poll that fails (PostGIS restarting, the network) is
+tried again with a backoff for up to PATIENCE seconds, saying what it waits for; the service keeps
+running meanwhile. The workers read the products where the spec's `eodata` says (mount or S3). A run whose tasks all ended while scenes are left, or that makes
 no progress while the service has no running task, stops with a one-line error.
 """
 
@@ -29,6 +31,8 @@ from provision.ops import configure, deployment, extractor_image, onboard
 
 SERVICE_PREFIX = "cbm-extract"
 STUCK_AFTER = 180.0  # seconds without progress and without a live claim before we look at the tasks
+PATIENCE = 900.0     # seconds the database may fail to answer the progress polls before we give up
+MAX_DELAY = 60.0     # the longest wait between two polls while it does not answer
 
 
 def service_name(card: str, res: int) -> str:
@@ -117,14 +121,33 @@ def service_failure(dep, name: str) -> str | None:
         or "no task runs"
 
 
-def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progress=None) -> dict:
+def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progress=None, note=print) -> dict:
     """Wait until the run has nothing left; `on_progress(row)` after every poll; returns the last row.
 
     Live claims (leases) in the database mean workers are busy. No progress and no live claim for
-    STUCK_AFTER seconds: the service's tasks are asked why (e.g. they cannot reach the database)."""
+    STUCK_AFTER seconds: the service's tasks are asked why (e.g. they cannot reach the database).
+    A poll that fails (PostGIS restarting, e.g. during `cbm upgrade`; the network) is tried again
+    with a backoff, saying so through `note`, for up to PATIENCE seconds: the workers keep going."""
     last_done, last_busy = -1, time.monotonic()
+    failing_since, delay = None, poll
     while True:
-        row = progress_of(settings, card, res)
+        try:
+            row = progress_of(settings, card, res)
+        except UserError:
+            raise
+        except CbmError as exc:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > PATIENCE:
+                raise CbmError(f"{exc} (for {now - failing_since:.0f} s)") from None
+            note(f"   waiting for the database ({exc}); next look in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+            continue
+        if failing_since is not None:
+            note(f"   the database answers again after {time.monotonic() - failing_since:.0f} s")
+            failing_since, delay = None, poll
+            last_busy = time.monotonic()
         if on_progress:
             on_progress(row)
         if row["left"] == 0:
@@ -133,7 +156,11 @@ def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progre
         if done != last_done or row["running"]:
             last_done, last_busy = done, time.monotonic()
         elif time.monotonic() - last_busy > STUCK_AFTER:
-            why = service_failure(dep, name)
+            try:
+                why = service_failure(dep, name)
+            except CbmError as exc:  # the manager did not answer over SSH: look again later
+                note(f"   cannot ask the manager about {name} ({exc}); looking again later")
+                why = None
             if why:
                 raise CbmError(f"service {name}: {row['left']} scene(s) left but its workers fail: {why}")
             last_busy = time.monotonic()
@@ -190,7 +217,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
         t0 = time.monotonic()
         try:
             with (follower or _no_follower)(card, r) as on_progress:
-                row = follow(settings, dep, card, r, name, poll, on_progress)
+                row = follow(settings, dep, card, r, name, poll, on_progress, note=out)
         finally:
             _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out)
         out(f"   {name}: {row['done']} scene(s) done, {row['failed']} failed, {row['rows']:,} rows "

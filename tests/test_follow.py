@@ -1,0 +1,69 @@
+"""`cbm extract swarm` follows the run in the database: a PostGIS that restarts meanwhile (e.g. during
+`cbm upgrade` of the manager) is waited for, with a note saying so, instead of ending the command
+(whose clean-up would remove the service and stop the workers)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cbm
+from extractor import settings as settings_mod
+from provision.ops import extraction
+from sandbox.localdb import LocalPostgis
+
+
+def wait_for(what: str, condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_follow_waits_for_a_restarting_database(tmp_path, monkeypatch):
+    base = Path(tempfile.mkdtemp(prefix="cbm-follow-"))  # the server runs as postgres: not under tmp_path
+    base.chmod(0o755)
+    pg = LocalPostgis(root=base / "pg").start()
+    try:
+        pg.psql("CREATE EXTENSION postgis")
+        env = {**pg.env(), "XDG_CONFIG_HOME": str(tmp_path / "none")}
+        assert run_cbm("db", "init", env=env).returncode == 0
+        pg.psql("INSERT INTO dias_catalogue (obstime, reference, sensor, card, footprint) VALUES"
+                " ('2026-04-05', 'S1A_TEST_CARD_BS', '1A', 'bs',"
+                "  ST_Multi(ST_MakeEnvelope(10, 55, 11, 56, 4326)))")
+        for key, value in env.items():  # libpq reads the PG* variables of this process
+            monkeypatch.setenv(key, value)
+        settings = settings_mod.load(environ=env)
+        notes, rows, result = [], [], {}
+
+        def run():
+            try:
+                result["row"] = extraction.follow(settings, None, "bs", 10, "cbm-extract-bs-10", poll=0.1,
+                                                  on_progress=rows.append, note=notes.append)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+                result["error"] = exc
+
+        follower = threading.Thread(target=run, daemon=True)
+        follower.start()
+        wait_for("a first progress poll", lambda: rows)
+        assert rows[0]["left"] == 1
+        pg.stop()   # the database goes away mid-run (root kept: it starts again with its data)
+        wait_for("the note that the follower waits", lambda: any("waiting for the database" in n for n in notes))
+        assert follower.is_alive() and "error" not in result, result
+        pg.start()
+        pg.psql("INSERT INTO extraction_runs (obsid, res, status, rows, finished_at)"
+                " SELECT id, 10, 'extracted', 7, now() FROM dias_catalogue;"
+                " UPDATE dias_catalogue SET status = 'extracted'")
+        follower.join(timeout=120)
+        assert not follower.is_alive() and "error" not in result, result
+        assert (result["row"]["left"], result["row"]["done"], result["row"]["rows"]) == (0, 1, 7)
+        assert any("answers again" in n for n in notes), notes
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
