@@ -13,6 +13,10 @@ are not checked; every later request must be signed with that key (else 403 Inva
 SignatureDoesNotMatch). start() spends the three itself, then creates the bucket and uploads with the
 new key, and writes it to s3-credentials.yml (0600).
 
+Until start() has made the key and uploaded the folder, the server answers every other client 503
+(S3's "unavailable"): a worker probing a restarting server sees it down, never half-filled, and
+cannot use up the unchecked requests. start()'s own requests carry a token of this run (a header).
+
 Restarts: moto keeps everything in memory. stop() ends the process but keeps s3.json, so start()
 runs a new server on the same port, makes a new key (the credentials file is rewritten) and uploads
 the folder again. purge() also removes the files.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +51,8 @@ USER = "eodata-reader"
 REGION = "us-east-1"
 PING = "/__sandbox__/ping"
 PING_REPLY = b"cbm-sandbox-s3\n"
+OPEN = "/__sandbox__/open"       # start() opens the server to clients once the bucket is whole
+SETUP_HEADER = "X-Sandbox-Setup"  # start()'s own requests carry the token of the server's run
 UPLOAD_THREADS = 16
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,7 +144,9 @@ class EodataS3:
             raise self._port_in_use(port)
         cmd = [sys.executable, "-m", "sandbox.s3", "--state-dir", str(self.state_dir), "--port", str(port),
                "--host", self.host]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self._token = secrets.token_hex(16)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "CBM_S3_SETUP_TOKEN": self._token}
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.state_dir, env=env)
@@ -147,6 +156,7 @@ class EodataS3:
             access_key, secret_key = self._create_key()
             self._write_credentials(access_key, secret_key)
             self._upload(access_key, secret_key)
+            self._open()
         except BaseException as exc:
             self.stop()
             if isinstance(exc, CbmError) or not isinstance(exc, Exception):
@@ -170,14 +180,25 @@ class EodataS3:
             time.sleep(0.05)
         raise CbmError(f"the S3 stand-in did not answer within {timeout:.0f} s; see {self.log_file}")
 
+    def _open(self) -> None:
+        """Let clients in: until now they got 503 (a restarting S3 is down until its bucket is whole)."""
+        req = urllib.request.Request(self.endpoint(self._local) + OPEN, data=b"", method="POST",
+                                     headers={SETUP_HEADER: self._token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+
     def _client(self, service: str, access_key: str = "setup", secret_key: str = "setup"):
         import boto3  # lazy: optional dependency (the `sandbox` extra), only the sandbox needs it
         from botocore.config import Config  # lazy: comes with boto3
 
         config = Config(max_pool_connections=UPLOAD_THREADS, retries={"max_attempts": 1},
                         s3={"addressing_style": "path"}, request_checksum_calculation="when_required")
-        return boto3.client(service, endpoint_url=self.endpoint(self._local), region_name=REGION, config=config,
-                            aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+        client = boto3.client(service, endpoint_url=self.endpoint(self._local), region_name=REGION, config=config,
+                              aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+        # the server lets only start()'s own requests in until it is opened (an unsigned header)
+        client.meta.events.register("before-send", lambda request, **_: request.headers.__setitem__(
+            SETUP_HEADER, self._token))
+        return client
 
     def _create_key(self) -> tuple[str, str]:
         """The three unchecked requests: a user, its policy and its access key."""
@@ -231,13 +252,25 @@ class EodataS3:
 
 
 # -- the server process ----------------------------------------------------------------------
-def _guard(app):
-    """moto's WSGI app, plus the ping, minus moto's unauthenticated admin API."""
+def _guard(app, token: str):
+    """moto's WSGI app, plus the ping, minus moto's unauthenticated admin API; closed to clients
+    (503, as S3 answers when it is unavailable) until start() has made the key and uploaded the folder."""
+    opened = threading.Event()
+
     def guarded(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == PING:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [PING_REPLY]
+        setup = bool(token) and environ.get("HTTP_" + SETUP_HEADER.upper().replace("-", "_")) == token
+        if path == OPEN and setup:
+            opened.set()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"open\n"]
+        if not opened.is_set() and not setup:
+            start_response("503 Service Unavailable", [("Content-Type", "application/xml"), ("Retry-After", "1")])
+            return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+                    b"<Message>The sandbox S3 server is starting</Message></Error>"]
         if path.startswith("/moto-api"):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"moto's admin API is disabled in the sandbox\n"]
@@ -258,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     from werkzeug.serving import make_server  # lazy: comes with moto[server]
 
     app = DomainDispatcherApplication(create_backend_app)
-    server = make_server(args.host, args.port, _guard(app), threaded=True, request_handler=MotoRequestHandler)
+    guarded = _guard(app, os.environ.pop("CBM_S3_SETUP_TOKEN", ""))
+    server = make_server(args.host, args.port, guarded, threaded=True, request_handler=MotoRequestHandler)
     # shutdown() waits for serve_forever() to return: call it from another thread than the handler's.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"S3 stand-in (moto) on {args.host}:{args.port}", flush=True)

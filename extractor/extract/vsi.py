@@ -71,6 +71,7 @@ def _lib():
             lib.VSIGetLastErrorMsg.restype = ctypes.c_char_p
             lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
             lib.CPLGetLastErrorNo.restype = ctypes.c_int
+            lib.CPLPushErrorHandler.argtypes = [ctypes.c_void_p]
             _gdal = lib
     return _gdal
 
@@ -78,6 +79,20 @@ def _lib():
 def _reset(lib) -> None:
     lib.VSIErrorReset()
     lib.CPLErrorReset()
+
+
+class _quiet:
+    """GDAL's errors of a call whose failure we expect and read ourselves (last_error) go to GDAL's
+    quiet handler, not to rasterio's (which logs them as warnings)."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def __enter__(self):
+        self.lib.CPLPushErrorHandler(ctypes.cast(self.lib.CPLQuietErrorHandler, ctypes.c_void_p))
+
+    def __exit__(self, *exc):
+        self.lib.CPLPopErrorHandler()
 
 
 def last_error() -> VsiError:
@@ -94,8 +109,9 @@ def read_dir(path: str, max_files: int = 0) -> tuple[list[str] | None, VsiError]
     be listed (it does not exist, or the storage failed: tell them apart with `error.number`)."""
     lib = _lib()
     _reset(lib)
-    names = lib.VSIReadDirEx(path.encode(), max_files)
-    error = last_error()
+    with _quiet(lib):
+        names = lib.VSIReadDirEx(path.encode(), max_files)
+        error = last_error()
     if not names:
         return None, error
     out = []
@@ -116,8 +132,11 @@ def stat_size(path: str) -> tuple[int | None, VsiError]:
     lib = _lib()
     _reset(lib)
     buf = ctypes.create_string_buffer(_STAT_BUFFER)
-    if lib.VSIStatExL(path.encode(), buf, _STAT_EXISTS | _STAT_SIZE | _STAT_SET_ERROR) != 0:
-        return None, last_error()
+    with _quiet(lib):
+        failed = lib.VSIStatExL(path.encode(), buf, _STAT_EXISTS | _STAT_SIZE | _STAT_SET_ERROR) != 0
+        error = last_error()
+    if failed:
+        return None, error
     return int.from_bytes(buf.raw[_ST_SIZE_OFFSET:_ST_SIZE_OFFSET + 8], "little", signed=True), VsiError(0, "")
 
 
