@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg2
@@ -70,6 +71,17 @@ def run_cbm(*args: str, env: dict | None = None, input: str | None = None, timeo
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "cbm", *args], env=full_env, input=input,
                           capture_output=True, text=True, timeout=timeout, cwd=os.getcwd())
+
+
+def wait_for(predicate, what: str = "condition", timeout: float = 60.0, interval: float = 0.05):
+    """Poll `predicate` until it returns something true (returned) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def assert_one_line_error(proc, *needles: str, code: int | None = None):

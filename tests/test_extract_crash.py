@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import assert_one_line_error, run_cbm
+from conftest import assert_one_line_error, run_cbm, wait_for
 from extract_helpers import Scene, add_scene, extract_env, init_db, make_world
 
 LOCK = 424242
@@ -22,16 +21,6 @@ LOCK = 424242
 def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("eodata"), s2_dates=(dt.datetime(2024, 5, 1, 10, 30, 31),),
                       with_s1=False, with_empty=False)
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def setup_two_scenes(dbenv, world):

@@ -27,13 +27,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import DbEnv, assert_one_line_error, run_cbm
+from conftest import DbEnv, assert_one_line_error, run_cbm, wait_for
 from extract_helpers import EPSG, N10, X0, Y0, Scene, World, extract_env, init_db, make_world, s2_bands
 from sandbox import synthetic
 from sandbox.s3 import EodataS3
@@ -114,16 +113,6 @@ def only(full: dict, runs, refs=None) -> dict:
     return {"sigs": [r for r in full["sigs"] if r[2] in bands and keep(r[0])],
             "hists": [r for r in full["hists"] if ("s2", -1) in runs and keep(r[0])],
             "runs": [r for r in full["runs"] if (r[1], r[2]) in runs and keep(r[0])]}
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 IMAGE = (sys.executable, "-m", "extractor.extract")   # the extractor image's entry point (swarm replicas)

@@ -7,23 +7,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import pytest
 
-from conftest import run_cbm
+from conftest import run_cbm, wait_for
 from extractor import settings as settings_mod
 from provision.ops import extraction
 from sandbox.localdb import LocalPostgis
-
-
-def wait_for(what: str, condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_follow_waits_for_a_restarting_database(tmp_path, monkeypatch):
@@ -51,10 +41,10 @@ def test_follow_waits_for_a_restarting_database(tmp_path, monkeypatch):
 
         follower = threading.Thread(target=run, daemon=True)
         follower.start()
-        wait_for("a first progress poll", lambda: rows)
+        wait_for(lambda: rows, "a first progress poll")
         assert rows[0]["left"] == 1
         pg.stop()   # the database goes away mid-run (root kept: it starts again with its data)
-        wait_for("the note that the follower waits", lambda: any("waiting for the database" in n for n in notes))
+        wait_for(lambda: any("waiting for the database" in n for n in notes), "the note that the follower waits")
         assert follower.is_alive() and "error" not in result, result
         pg.start()
         pg.psql("INSERT INTO extraction_runs (obsid, res, status, rows, finished_at)"

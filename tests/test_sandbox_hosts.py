@@ -5,13 +5,13 @@ and purge releasing containers, floating IPs and loop devices. The real openstac
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from sandbox.cloud import Sandbox
 from sandbox.cloud.hostimage import wait_for_ssh
 
@@ -39,16 +39,6 @@ class Host:
         if check:
             assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
         return proc
-
-
-def wait_until(what: str, predicate, timeout: float = 90, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +109,7 @@ def test_servers_on_the_private_network_reach_each_other(host):
         peer_ip = other.addresses["cbm-private"][0]["addr"]
         probe = (f"python3 -c \"import socket; s=socket.create_connection(('{peer_ip}', 22), 5); "
                  "print(s.recv(4).decode())\"")
-        assert wait_until("the peer's sshd", lambda: host.ssh(probe, check=False).stdout.strip() == "SSH-")
+        assert wait_for(lambda: host.ssh(probe, check=False).stdout.strip() == "SSH-", "the peer's sshd", 90, 0.5)
     finally:
         conn.compute.delete_server(other)
         conn.compute.wait_for_delete(other, interval=0.5, wait=120)
@@ -133,7 +123,7 @@ def boot_id(host) -> str | None:
 def test_reboot_from_inside_brings_back_ssh_ips_volume_and_mounts(host):
     before = boot_id(host)
     host.ssh("sudo shutdown -r 0 'Reboot initiated by a test'")
-    after = wait_until("the host to come back", lambda: (b := boot_id(host)) and b != before and b)
+    after = wait_for(lambda: (b := boot_id(host)) and b != before and b, "the host to come back", 90, 0.5)
     assert after != before
     device = host.volume.attachments[0]["device"]
     assert host.ssh(f"test -b {device} && cat /data/f && findmnt -n -o SOURCE /data | tail -1").stdout.split() == \
@@ -144,7 +134,7 @@ def test_reboot_from_inside_brings_back_ssh_ips_volume_and_mounts(host):
 def test_nova_reboot_and_service_restart_keep_the_host(sandbox, host):
     before = boot_id(host)
     host.conn.compute.reboot_server(host.server, "HARD")
-    wait_until("the reboot", lambda: (b := boot_id(host)) and b != before)
+    wait_for(lambda: (b := boot_id(host)) and b != before, "the reboot", 90, 0.5)
     host.conn.compute.wait_for_server(host.conn.compute.get_server(host.server.id), interval=0.5, wait=60)
     sandbox.stop()
     assert host.ssh("cat /data/f").stdout == "kept\n"  # hosts keep running without the API

@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 import stat
 import threading
-import time
 
 import pytest
 
-from conftest import assert_one_line_error, run_cbm
+from conftest import assert_one_line_error, run_cbm, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -34,16 +33,6 @@ def nodes(dep) -> dict[str, tuple[str, str]]:
 
 def worker_names(dep) -> list[str]:
     return sorted(dep.hosts["children"]["workers"]["hosts"])
-
-
-def wait_for(condition, what: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
 
 
 def running_tasks(dep) -> list[str]:
@@ -89,7 +78,8 @@ def dep(live_deployment):
     dep.ssh("manager", 0, f"sudo docker service create -d --name {SERVICE} --replicas 2 --no-resolve-image "
                           "--constraint node.labels.cbm.role==worker --placement-pref spread=node.id "
                           f"--stop-grace-period 1s {IMAGE} /usr/bin/sleep infinity >/dev/null")
-    wait_for(lambda: sorted(running_tasks(dep)) == worker_names(dep), "the service runs a task on each worker")
+    wait_for(lambda: sorted(running_tasks(dep)) == worker_names(dep), "the service runs a task on each worker", 120,
+             interval=1)
     yield dep
     for i in range(len(worker_names(dep))):
         dep.ssh("workers", i, f"sudo rm -f {BROKEN_LIST}", check=False)
@@ -168,7 +158,7 @@ def test_rolling_upgrade_keeps_the_service_running(dep):
     assert drained == set(workers), f"not every worker was seen drained: {drained}"
     assert min(len(active) for active, _ in monitor.samples) >= 1, "all workers were drained at once"
     assert min(tasks for _, tasks in monitor.samples) >= 1, "the service had no running task at some point"
-    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again")
+    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again", 120, interval=1)
 
 
 def test_a_failing_node_is_reported_and_left_active(dep):
@@ -189,8 +179,7 @@ def test_a_failing_node_is_reported_and_left_active(dep):
     assert nodes(dep)[workers[0]] == ("Ready", "Active"), nodes(dep)
     assert all(a == "Active" for _, a in nodes(dep).values()), nodes(dep)
     assert not re.search(rf"^\s+{re.escape(workers[1])}\s+ok=", proc.stdout, re.M), "the next worker was upgraded"
-    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again")
-
+    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again", 120, interval=1)
 
 
 def test_a_host_lost_mid_upgrade_is_named_left_drained(dep):
@@ -211,7 +200,8 @@ def test_a_host_lost_mid_upgrade_is_named_left_drained(dep):
 
     proc = dep.background("upgrade", str(dep.spec), "--yes", "--no-backup")
     try:
-        wait_for(lambda: availability() == "Drain" or proc.poll() is not None, f"{workers[0]} is drained", 600)
+        wait_for(lambda: availability() == "Drain" or proc.poll() is not None, f"{workers[0]} is drained", 600,
+                 interval=1)
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         subprocess.run(["docker", "kill", container], check=True, capture_output=True)  # power cut
         out, _ = proc.communicate(timeout=900)
@@ -226,7 +216,8 @@ def test_a_host_lost_mid_upgrade_is_named_left_drained(dep):
     assert availability() == "Drain"
 
     # Bring it back as the message says (the deployment stays usable for the next tests).
-    wait_for(lambda: nodes(dep).get(workers[0], ("", ""))[0] == "Ready", f"{workers[0]} is back", timeout=300)
+    wait_for(lambda: nodes(dep).get(workers[0], ("", ""))[0] == "Ready", f"{workers[0]} is back", timeout=300,
+             interval=1)
     dep.ssh("manager", 0, f"sudo docker node update --availability active {workers[0]}")
     assert all(v == ("Ready", "Active") for v in nodes(dep).values()), nodes(dep)
-    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again")
+    wait_for(lambda: len(running_tasks(dep)) == 2, "the service runs its 2 replicas again", 120, interval=1)
