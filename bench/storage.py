@@ -10,11 +10,13 @@ processes the same scene:
   * the worker's scene (`python -m extractor.extract run --once`, the swarm replicas' entry point),
     the 10 m run (B02 B03 B04 B08) and the SCL run (-1), from the folder and from S3: wall time of
     the scene and of the worker process, and from S3 the bytes fetched (the worker's ", N MB
-    fetched") against the size of the run's band files
+    fetched") against the size of the run's band files, and the requests the S3 server answered
+    (object GETs and folder listings, from its request log)
   * the same with the AOI on a quarter of the tile: the window, and the bytes fetched, shrink
-The S3 server runs on this machine: the S3/folder ratio shows the cost of going through GDAL's
-/vsis3/ and an HTTP server, not of a network (CDSE adds latency and bandwidth limits).
-Usage: python -m bench storage [--size N]
+The S3 server runs on this machine and is moto, which reads the whole object to answer each ranged
+GET: the S3/folder time ratio is mostly that server's cost, not a network's (on CDSE: the requests'
+latency and the bandwidth). The bytes fetched and the requests are what carry over to CDSE.
+Usage: python -m bench storage [--size N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from bench.extract import log
 # the worker's scene line: "... N parcels, N rows in T s (read T s, ...)[, N.N MB fetched]"
 SCENE = re.compile(r"^scene .*: extracted, (\d+) parcels, (\d+) rows in ([\d.]+) s \(read ([\d.]+) s.*?"
                    r"(?:, ([\d.]+) MB fetched)?$")
+# a request in the S3 server's log (werkzeug's line, maybe in colour): path and status
+REQUEST = re.compile(r'"(?:\x1b\[[\d;]*m)*GET (/\S+) HTTP/[\d.]+(?:\x1b\[[\d;]*m)*" (\d{3})')
 RUNS = ((10, "10 m (4 bands)", "*_B0[2348]_10m.jp2"), (-1, "SCL", "*_SCL_20m.jp2"))
 MB = 1e6
 
@@ -71,6 +75,23 @@ def requeue(conn) -> None:
         cur.execute("UPDATE dias_catalogue SET status = 'ingested'")
 
 
+def server_requests(s3, eodata: Path, since: int) -> dict:
+    """What the S3 server answered after byte `since` of its log: folder listings, object GETs and
+    the bytes it read to answer them (moto reads the whole object for every ranged GET)."""
+    with open(s3.log_file, "rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    counts = {"lists": 0, "gets": 0, "server_read": 0}
+    for path, _ in REQUEST.findall(text):
+        if "?" in path:
+            counts["lists"] += 1
+        elif path.startswith(f"/{s3.bucket}/"):
+            counts["gets"] += 1
+            obj = eodata / path[len(s3.bucket) + 2:]
+            counts["server_read"] += obj.stat().st_size if obj.is_file() else 0
+    return counts
+
+
 def worker_scene(env: dict, res: int, aoi: str) -> dict:
     """One scene through the real worker, started as a swarm replica starts it (the extractor image's
     entry point): the scene line's figures and the wall time of the whole worker process (start,
@@ -81,7 +102,8 @@ def worker_scene(env: dict, res: int, aoi: str) -> dict:
     wall = time.perf_counter() - t0
     found = [m for m in map(SCENE.match, proc.stdout.splitlines()) if m]
     if proc.returncode != 0 or len(found) != 1:
-        raise SystemExit(f"bench: worker failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
+        why = (proc.stderr or proc.stdout).strip()[-800:]
+        raise SystemExit(f"bench: worker failed (exit {proc.returncode}): {why}")
     parcels, rows, total, read, mb = found[0].groups()
     return {"parcels": int(parcels), "rows": int(rows), "total": float(total), "read": float(read),
             "fetched": float(mb) * MB if mb is not None else None, "wall": wall}
@@ -132,9 +154,10 @@ def main(argv: list[str]) -> int:
             sources = {"folder": folder,
                        "s3": {**folder, "CBM_EODATA_SOURCE": "s3", "CBM_S3_ENDPOINT": s3.endpoint(),
                               "CBM_S3_CREDENTIALS_FILE": str(s3.credentials_file)}}
-            conn = db.connect(settings_mod.load(environ=folder))
+            settings = settings_mod.load(environ=folder)
+            conn = db.connect(settings)
             try:
-                extract.load_database(conn, settings_mod.load(environ=folder), meta)
+                extract.load_database(conn, settings, meta)
                 add_quarter_aoi(conn)
                 t0 = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "cbm", "extract", "prepare"], env=folder, check=True,
@@ -145,11 +168,16 @@ def main(argv: list[str]) -> int:
                     for aoi, i in ((aoi, i) for aoi in ("tile", "quarter") for i in range(args.repeat)):
                         for source in ("folder", "s3")[::1 if i % 2 == 0 else -1]:
                             requeue(conn)
+                            since = s3.log_file.stat().st_size
                             r = worker_scene(sources[source], res, aoi)
+                            r.update(server_requests(s3, eodata, since))
                             best = results.get((res, aoi, source))
                             if best is None or r["total"] < best["total"]:
                                 results[(res, aoi, source)] = r
                             fetched = f", {r['fetched'] / MB:.1f} MB fetched" if r["fetched"] is not None else ""
+                            if source == "s3":
+                                fetched += (f" in {r['gets']} GETs and {r['lists']} listings (the server read "
+                                            f"{r['server_read'] / MB:.0f} MB to answer them)")
                             log(f"worker, {label} run, AOI {aoi}, from {source}: {r['parcels']} parcels in "
                                 f"{r['total']:.1f} s (read {r['read']:.1f} s){fetched}; process {r['wall']:.1f} s")
             finally:
@@ -163,7 +191,7 @@ def main(argv: list[str]) -> int:
     log(f"== reading from S3 (moto on loopback) vs a local folder: one {extract.N} x {extract.N} tile, one scene "
         f"(best of {args.repeat}) ==")
     log(f"  {'run':<15} {'AOI':<8} {'source':<7} {'parcels':>8} {'scene s':>8} {'read s':>7} {'process s':>9} "
-        f"{'fetched MB':>10} {'band files MB':>13} {'fetched/files':>13}")
+        f"{'fetched MB':>10} {'band files MB':>13} {'fetched/files':>13} {'GETs':>5} {'lists':>5}")
     for res, label, _ in RUNS:
         for aoi in ("tile", "quarter"):
             for source in ("folder", "s3"):
@@ -171,14 +199,21 @@ def main(argv: list[str]) -> int:
                 got = r["fetched"]
                 log(f"  {label:<15} {aoi:<8} {source:<7} {r['parcels']:>8} {r['total']:>8.1f} {r['read']:>7.1f} "
                     f"{r['wall']:>9.1f} {'-' if got is None else f'{got / MB:.1f}':>10} "
-                    f"{band_bytes[res] / MB:>13.1f} {'-' if got is None else f'{got / band_bytes[res]:.3f}':>13}")
+                    f"{band_bytes[res] / MB:>13.1f} {'-' if got is None else f'{got / band_bytes[res]:.3f}':>13} "
+                    f"{'-' if got is None else r['gets']:>5} {'-' if got is None else r['lists']:>5}")
     log("")
     log("== ratios ==")
     for res, label, _ in RUNS:
         for aoi in ("tile", "quarter"):
             s3r, fr = results[(res, aoi, "s3")], results[(res, aoi, "folder")]
             log(ratio(f"{label} run, AOI {aoi}: scene time S3 / folder", s3r["total"] / fr["total"],
-                      "loopback S3: GDAL /vsis3/ + HTTP server, no network"))
+                      "moto on loopback, no network: see below"))
+    s3_tile = results[(10, "tile", "s3")]
+    log(f"  (the S3 server is moto: for every ranged GET it reads the whole object, "
+        f"{s3_tile['server_read'] / MB:.0f} MB for the 10 m scene's")
+    log(f"   {s3_tile['fetched'] / MB:.0f} MB; a real S3 does not, there the time is the requests' latency and the "
+        "bandwidth:")
+    log("   compare the bytes fetched and the requests, not the times)")
     for res, label, _ in RUNS:
         whole, quarter = results[(res, "tile", "s3")]["fetched"], results[(res, "quarter", "s3")]["fetched"]
         log(ratio(f"{label} run, AOI tile: bytes fetched / band files", whole / band_bytes[res],

@@ -102,7 +102,9 @@ def gdal_options(settings) -> dict:
             "AWS_HTTPS": "YES" if https else "NO",
             "AWS_VIRTUAL_HOSTING": "FALSE" if settings.s3.path_style else "TRUE",
             "AWS_DEFAULT_REGION": "default",
-            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".jp2,.tif,.tiff,.xml,.img,.hdr,.safe",
+            # only the band files and ENVI headers: no requests for the metadata files GDAL looks
+            # for next to a band (<file>.xml, _metadata.xml: 4 GETs and listings per open)
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".jp2,.tif,.tiff,.img,.hdr",
             "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1",
             "GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_TIMEOUT": "120",
             # no folder listing on open (the files were listed already; siblings such as the ENVI .hdr are
@@ -155,7 +157,7 @@ def problem(settings) -> str | None:
             if names:
                 return None
             # why not: ask for a key that is never there and read the HTTP status
-            size, err = vsi.stat_size(f"/vsis3/{settings.s3.bucket}/cbm-probe-{secrets.token_hex(4)}.xml")
+            size, err = vsi.stat_size(f"/vsis3/{settings.s3.bucket}/cbm-probe-{secrets.token_hex(4)}.tif")
         code = _http_code(err)
         if code in (401, 403) or err.refused_keys:
             return f"{describe(settings)} refuses the access keys (HTTP {code}); check s3.credentials_file"
