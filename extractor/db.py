@@ -19,7 +19,10 @@ from extractor.settings import Settings, check_identifier, read_secret_file
 def connect_kwargs(settings: Settings) -> dict:
     """libpq keywords from the settings; empty keys are left to libpq (PG* variables, defaults)."""
     db = settings.db
-    kwargs = {"application_name": "cbm", "connect_timeout": db.connect_timeout}
+    # TCP keepalives: a server or a network gone silent (a VM restarted, a NAT timeout) is noticed in
+    # about a minute instead of when the kernel gives up on the connection (hours)
+    kwargs = {"application_name": "cbm", "connect_timeout": db.connect_timeout,
+              "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
     for key, value in (("host", db.host), ("port", db.port), ("dbname", db.name), ("user", db.user)):
         if value not in (None, ""):
             kwargs[key] = value

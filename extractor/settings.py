@@ -80,7 +80,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "poll": 5.0,           # seconds between looks while other workers still hold leases
         "threads": "ALL_CPUS", # GDAL_NUM_THREADS for decoding
         "backoff": 5.0,        # seconds a worker waits after a storage fault (doubled up to 120 s)
-        "storage_wait": 3600,  # seconds a worker waits for its storage to answer again before it exits
+        "outage_wait": 3600,   # seconds a worker waits for its storage or database to answer again before it exits
         "s2_runs": "-1,10,20", # the runs that make an s2 scene 'extracted'
         "s2_scl_band": "SCL",
         "s2_10_bands": "B02,B03,B04,B08",

@@ -5,7 +5,9 @@ claimed), sweep runs that ran out of attempts, claim the oldest claimable scene,
 repeat; when nothing is claimable, wait while other workers still hold live leases (one of them
 may die and its scene must be taken back), then exit 0. When the storage stops answering during a
 scene, the scene is given back (storage.StorageFault) and the worker waits for the storage with a
-backoff (extract.backoff, doubled up to 120 s) for at most extract.storage_wait seconds.
+backoff (extract.backoff, doubled up to 120 s) for at most extract.outage_wait seconds. When it
+loses the database (PostGIS restarting), the scene in progress is not written (its lease expires
+and it is claimed again) and the worker reconnects with the same backoff and bound.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Context:
     owner: str = field(default_factory=claims.worker_id)
     cache: rasterize.GridCache = field(default_factory=rasterize.GridCache)
     scene_memo: dict = field(default_factory=dict)
+    done: int = 0   # scenes processed
 
 
 @dataclass
@@ -213,7 +216,6 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
     """The worker loop; returns the number of scenes processed. Exits when nothing is left."""
     x = settings.extract
     conn = db.connect(settings)
-    done = 0
     try:
         ctx = make_context(conn, settings, card, res, aoi or x.aoi, parcels or x.parcels, start or x.start, end or x.end)
         storage.check(settings)
@@ -222,76 +224,101 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
         out(f"worker {ctx.owner}: card {card} run {res} ({', '.join(ctx.spec.codes)}), parcels {ctx.source.name}"
             f" ({ctx.aoi_pids.size} in AOI {ctx.filters.aoi}), products from {storage.describe(settings)}")
         while True:
-            for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
-                out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
-            c = claims.claim(conn, settings, ctx.spec, ctx.filters, ctx.owner)
-            if c is None:
-                if once or claims.live_leases(conn, settings, ctx.spec) == 0:
-                    break
-                time.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
-                continue
-            with claims.Lease(settings, c):
-                try:
-                    result = process(conn, ctx, c)
-                except claims.LeaseLost as exc:
-                    _rollback(conn)
-                    out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
-                    continue
-                except storage.StorageFault as exc:
-                    _rollback(conn)
-                    claims.release(conn, settings, c, f"storage: {one_line(exc)}", storage_fault=True)
-                    out(f"scene {c.obsid} {c.reference}: given back, the storage did not answer ({exc})")
-                    wait_for_storage(settings, out)
-                    continue
-                except CbmError:
-                    _rollback(conn)
-                    _try_release(settings, c, "the worker stopped on an error (see its log)")
-                    raise
-                except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim dangling
-                    log.debug("scene %s failed", c.obsid, exc_info=True)
-                    _rollback(conn)
-                    _try_release(settings, c, f"{type(exc).__name__}: {exc}")
-                    raise CbmError(f"scene {c.obsid} {c.reference} failed unexpectedly ({type(exc).__name__}: "
-                                   f"{one_line(exc)[:200]}); it was given back for another try") from exc
-            done += 1
-            secs = result.seconds
-            extra = (f", {result.parcels} parcels, {result.rows} rows in {secs['total']:.1f} s"
-                     f" (read {secs['read']:.1f} s, stats {secs['stats']:.1f} s, write {secs['write']:.1f} s)"
-                     + (f", {result.fetched / 1e6:.1f} MB fetched" if result.fetched is not None else "")
-                     if result.status == EXTRACTED else (f": {result.detail}" if result.detail else ""))
-            out(f"scene {c.obsid} {c.reference} run {c.res}: {result.status}{extra}")
-            if once:
+            try:
+                _scenes(conn, ctx, once, out)
                 break
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        reason = one_line(exc)[:200]
-        raise CbmError(f"lost the database {db.describe(settings)} ({reason}); the scene in progress was not "
-                       "written and is taken back by a worker once its lease expires") from None
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                _close(conn)
+                out(f"lost the database {db.describe(settings)} ({one_line(exc, 200)}); a scene in progress "
+                    "was not written (it is claimed again once its lease expires)")
+                wait_out(settings, out, f"the database {db.describe(settings)}", lambda: _db_problem(settings))
+                conn = db.connect(settings)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # while starting
+        raise CbmError(f"lost the database {db.describe(settings)} ({one_line(exc, 200)}); nothing was "
+                       "claimed") from None
     finally:
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001
-            pass
-    out(f"no scene left for card {card} run {res}: processed {done} scene(s)")
-    return done
+        _close(conn)
+    out(f"no scene left for card {card} run {res}: processed {ctx.done} scene(s)")
+    return ctx.done
 
 
-def wait_for_storage(settings, out) -> None:
-    """Wait until the storage answers again (backoff), or give up with one line after storage_wait."""
+def _scenes(conn, ctx: Context, once: bool, out) -> None:
+    """Claim and process scenes until none is left (or one with `once`), counting them in ctx.done."""
+    settings, x = ctx.settings, ctx.settings.extract
+    while not (once and ctx.done):
+        for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
+            out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
+        c = claims.claim(conn, settings, ctx.spec, ctx.filters, ctx.owner)
+        if c is None:
+            if once or claims.live_leases(conn, settings, ctx.spec) == 0:
+                break
+            time.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
+            continue
+        with claims.Lease(settings, c):
+            try:
+                result = process(conn, ctx, c)
+            except claims.LeaseLost as exc:
+                _rollback(conn)
+                out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
+                continue
+            except storage.StorageFault as exc:
+                _rollback(conn)
+                claims.release(conn, settings, c, f"storage: {one_line(exc)}", storage_fault=True)
+                out(f"scene {c.obsid} {c.reference}: given back, the storage did not answer ({exc})")
+                wait_out(settings, out, storage.describe(settings), lambda: storage.problem(settings))
+                continue
+            except CbmError:
+                _rollback(conn)
+                _try_release(settings, c, "the worker stopped on an error (see its log)")
+                raise
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim dangling
+                log.debug("scene %s failed", c.obsid, exc_info=True)
+                _rollback(conn)
+                _try_release(settings, c, f"{type(exc).__name__}: {exc}")
+                raise CbmError(f"scene {c.obsid} {c.reference} failed unexpectedly ({type(exc).__name__}: "
+                               f"{one_line(exc)[:200]}); it was given back for another try") from exc
+        ctx.done += 1
+        secs = result.seconds
+        extra = (f", {result.parcels} parcels, {result.rows} rows in {secs['total']:.1f} s"
+                 f" (read {secs['read']:.1f} s, stats {secs['stats']:.1f} s, write {secs['write']:.1f} s)"
+                 + (f", {result.fetched / 1e6:.1f} MB fetched" if result.fetched is not None else "")
+                 if result.status == EXTRACTED else (f": {result.detail}" if result.detail else ""))
+        out(f"scene {c.obsid} {c.reference} run {c.res}: {result.status}{extra}")
+
+
+def _close(conn) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - closing a lost connection
+        pass
+
+
+def _db_problem(settings) -> str | None:
+    try:
+        _close(db.connect(settings))
+    except CbmError as exc:
+        return str(exc)
+    return None
+
+
+def wait_out(settings, out, what: str, problem) -> None:
+    """Wait until `problem()` says nothing is wrong any more (backoff from extract.backoff, doubled
+    up to 120 s), or give up with one line after extract.outage_wait seconds."""
     x = settings.extract
     delay, waited = max(float(x.backoff), 0.1), 0.0
     while True:
-        out(f"waiting {delay:.0f} s for {storage.describe(settings)}")
+        out(f"waiting {delay:.0f} s for {what}")
         time.sleep(delay)
         waited += delay
-        why = storage.problem(settings)
+        why = problem()
         if why is None:
-            out(f"{storage.describe(settings)} answers again")
+            out(f"{what} answers again")
             return
-        if waited >= float(x.storage_wait):
+        if waited >= float(x.outage_wait):
             raise CbmError(f"{why}, for {waited:.0f} s; the scenes are back in the queue, run the workers again "
-                           "when the storage answers")
+                           "when it answers")
         delay = min(delay * 2, MAX_BACKOFF)
 
 
