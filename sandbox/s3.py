@@ -45,6 +45,7 @@ from pathlib import Path
 import yaml
 
 from extractor.errors import CbmError, UserError, one_line
+from sandbox.processes import terminate
 
 SETUP_REQUESTS = 3          # CreateUser, PutUserPolicy, CreateAccessKey: the only unchecked requests
 USER = "eodata-reader"
@@ -237,12 +238,7 @@ class EodataS3:
         pid = self._state().get("pid")
         if not pid or not _alive(pid):
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        terminate(pid, _alive, timeout)
 
     def purge(self) -> None:
         """stop() and remove s3.json, s3-credentials.yml and s3.log."""

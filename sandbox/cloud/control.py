@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import yaml
 from extractor.errors import CbmError, UserError
 from sandbox.cloud import hostimage
 from sandbox.cloud.backend import Backend
+from sandbox.processes import terminate
 from sandbox.s3 import EodataS3
 
 log = logging.getLogger(__name__)
@@ -228,12 +228,7 @@ class Sandbox:
                 self.s3.stop()
         pid = self.pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            terminate(pid, _alive, timeout)
         self.pid_file.unlink(missing_ok=True)
         removed: dict[str, int] = {}
         if purge:
