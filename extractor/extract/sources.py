@@ -23,7 +23,6 @@ from extractor.extract import storage
 from extractor.extract.cards import NO_BAND_FILE, RIO_ERROR, RunSpec, SceneError
 
 
-
 @dataclass(frozen=True)
 class BandFile:
     name: str     # band name (B04, SCL, VV)
@@ -45,9 +44,6 @@ def product_location(settings, product_path: str | None) -> str:
     if not product_path:
         raise SceneError(NO_BAND_FILE, "the catalogue row has no product_path; re-run cbm catalog sync")
     return storage.product_location(settings, product_path)
-
-
-
 
 
 def _missing(what: str, where: str) -> SceneError:
