@@ -6,11 +6,16 @@
   2. `cbm up` the example spec inventories/sandbox/deployment.yml, with the sandbox's S3 endpoint and
      keys file as its `eodata` (written to inventories/sandbox/rehearsal.yml): 1 manager + 2 workers,
      volume, security group, floating IP, then Ansible: Docker on the volume, PostGIS, schema, swarm;
-  3. `cbm onboard`: the real DK parcels, the AOI, the catalog (from a local stand-in of the CDSE
-     resto API that lists the generated products), the rasterized parcels;
-  4. `cbm extract swarm` for s2 (SCL, 10 m, 20 m), bs and c6: swarm services that end by themselves,
-     their workers reading the products from S3 (ranged reads, keys from a swarm secret) as on CDSE;
-  5. `cbm status`, and the line that tears it all down.
+  3. `cbm onboard`: the real DK parcels, the AOI, the catalog (from the sandbox's stand-in of the CDSE
+     resto API, which lists the generated products), the rasterized parcels;
+  4. Sentinel-1 CARD on demand: the catalog also lists IW GRD products without their CARD-BS;
+     `cbm order s1` orders them from the sandbox's stand-in of the On-Demand Production API, which
+     makes them (into /eodata and S3), `cbm order status --refresh` sees them completed, and
+     `cbm catalog sync` brings them into dias_catalogue: GRD catalogued -> ordered -> produced -> synced;
+  5. `cbm extract swarm` for s2 (SCL, 10 m, 20 m), bs (the ordered products too) and c6: swarm services
+     that end by themselves, their workers reading the products from S3 (ranged reads, keys from a
+     swarm secret) as on CDSE;
+  6. `cbm status`, and the line that tears it all down.
 The environment is left up. Each step prints its wall time.
 """
 
@@ -33,7 +38,7 @@ from rasterio import Affine
 from rasterio.warp import transform_geom
 
 from sandbox import synthetic
-from sandbox.catalog_replay import CatalogReplay
+from sandbox.catalog_replay import s1_input_feature
 from sandbox.cloud import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +48,7 @@ PARCELS = REPO / "examples" / "parcels" / "dk_marker_2026" / "Marker_2026.shp"
 START, END = "2026-04-01", "2026-04-30"
 S2_DATES = [dt.datetime(2026, 4, 3, 10, 30, 21), dt.datetime(2026, 4, 13, 10, 30, 21), dt.datetime(2026, 4, 23, 10, 30, 21)]
 S1_DATES = [dt.datetime(2026, 4, 5, 5, 30, 12), dt.datetime(2026, 4, 17, 5, 30, 12)]
+ORDER_DATE = dt.datetime(2026, 4, 11, 5, 30, 12)   # IW GRD listed without CARD-BS: ordered on demand
 WINDOW = 12_000   # metres: the generated scenes cover a 12 km square around a cluster of parcels
 WINDOWS = 2       # ... at the two densest places of the sample
 # Variables of the rehearsal's environment that decide where `cbm` finds its files: the deployment's
@@ -134,6 +140,20 @@ def generate(eodata: Path) -> dict:
     return features
 
 
+def add_order_inputs(eodata: Path, features: dict) -> dict:
+    """List one IW GRD per place (ORDER_DATE, over its CARD-BS footprint) in catalog.json, whose CARD-BS
+    is not made yet: the inputs `cbm order s1` orders."""
+    if not any(f["properties"]["productType"] == "IW_GRDH_1S" for f in features["Sentinel1"]):
+        footprints = [f["geometry"]["coordinates"] for f in features["Sentinel1"]
+                      if f["properties"]["productType"] == "CARD-BS"][::len(S1_DATES)]
+        for k, ring in enumerate(footprints):
+            start = (ORDER_DATE + dt.timedelta(minutes=k)).strftime("%Y%m%dT%H%M%S")
+            features["Sentinel1"].append(s1_input_feature("GRD", start, ring, orbit=63000 + k, datatake=f"07B{k:03X}",
+                                                          unique=f"C{k:03X}"))
+        (eodata / "catalog.json").write_text(json.dumps(features))
+    return features
+
+
 # -- the rehearsal ---------------------------------------------------------------------------
 def cbm_program() -> str:
     """This Python's `cbm` as a new shell in the repository root runs it (no venv on PATH needed)."""
@@ -212,23 +232,30 @@ def main() -> int:
         cached = eodata / "catalog.json"
         if cached.is_file():
             print(f"   reusing the products in {eodata}")
-            return json.loads(cached.read_text())
-        return generate(eodata)
+            return add_order_inputs(eodata, json.loads(cached.read_text()))
+        return add_order_inputs(eodata, generate(eodata))
 
     features = steps.timed(f"generate the /eodata tree ({eodata})", make_data)
-    print(f"   {len(features['Sentinel2'])} S2 L2A and {len(features['Sentinel1'])} S1 CARD products")
+    grd = sum(f["properties"]["productType"] == "IW_GRDH_1S" for f in features["Sentinel1"])
+    print(f"   {len(features['Sentinel2'])} S2 L2A and {len(features['Sentinel1']) - grd} S1 CARD products, "
+          f"{grd} IW GRD to order CARD-BS from")
     steps.cbm("start the sandbox cloud", "sandbox", "start", "--eodata", eodata)
     env.update(sandbox.env)
     s3_spec(sandbox)
     print(f"   products from S3 at {sandbox.eodata_endpoint()} (the spec: {spec})")
     steps.cbm("provision and configure 1 manager + 2 workers", "up", spec)
-    with CatalogReplay(features=features) as cat:
-        env["CBM_CATALOG_URL"] = cat.url
-        # the S1 grids are read here too (onboard rasterizes the parcels for them): from S3 as well
-        env.update(CBM_EODATA_SOURCE="s3", CBM_S3_ENDPOINT=sandbox.s3.endpoint(),
-                   CBM_S3_CREDENTIALS_FILE=str(sandbox.s3.credentials_file))
-        steps.cbm("onboard the Danish sample parcels", "onboard", spec, "--parcels", PARCELS, "--aoi", "dk",
-                  "--from", START, "--to", END, "--cards", "s2,bs,c6")
+    env.update(sandbox.cdse.env)   # the CDSE catalog and On-Demand Production stand-ins
+    # the S1 grids are read here too (onboard rasterizes the parcels for them): from S3 as well
+    env.update(CBM_EODATA_SOURCE="s3", CBM_S3_ENDPOINT=sandbox.s3.endpoint(),
+               CBM_S3_CREDENTIALS_FILE=str(sandbox.s3.credentials_file))
+    steps.cbm("onboard the Danish sample parcels", "onboard", spec, "--parcels", PARCELS, "--aoi", "dk",
+              "--from", START, "--to", END, "--cards", "s2,bs,c6")
+    sandbox.cdse.steer("settings", delay=0)   # the stand-in makes an order in no time (on CDSE: hours)
+    steps.cbm("order CARD-BS on demand", "order", "s1", "dk", START, END, "--card", "bs", "--deployment", spec)
+    steps.timed("the On-Demand Production stand-in makes them", lambda: sandbox.cdse.steer("finish"))
+    steps.cbm("the orders completed", "order", "status", "--refresh", "--deployment", spec)
+    steps.cbm("bring the ordered products into the catalog", "catalog", "sync", "dk", START, END, "bs",
+              "--deployment", spec)
     for card in ("s2", "bs", "c6"):
         steps.cbm(f"extract {card} on the swarm", "extract", "swarm", spec, "--card", card, "--all")
     steps.cbm("status", "status", spec)

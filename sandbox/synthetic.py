@@ -73,9 +73,11 @@ def s1_reference(start: dt.datetime, suffix: str, sat: str = "S1A") -> str:
     return f"{sat}_IW_GRDH_1SDV_{a}_{b}_052433_06574A_9703_{suffix}"
 
 
-def write_bs(root, start: dt.datetime, crs, transform: Affine, vv: np.ndarray, vh: np.ndarray, sat: str = "S1A") -> str:
-    """A CARD-BS product: BEAM-DIMAP <ref>.dim + <ref>.data/Gamma0_VV|VH.img/.hdr (ENVI float32)."""
-    ref = s1_reference(start, "CARD_BS", sat)
+def write_bs(root, start: dt.datetime, crs, transform: Affine, vv: np.ndarray, vh: np.ndarray, sat: str = "S1A",
+             ref: str | None = None) -> str:
+    """A CARD-BS product: BEAM-DIMAP <ref>.dim + <ref>.data/Gamma0_VV|VH.img/.hdr (ENVI float32).
+    ref: the product's name (default: made up from `start`)."""
+    ref = ref or s1_reference(start, "CARD_BS", sat)
     rel = f"Sentinel-1/SAR/CARD-BS/{start:%Y/%m/%d}/{ref}"
     folder = Path(root) / rel
     for name, arr in (("VV", vv), ("VH", vh)):
@@ -85,10 +87,12 @@ def write_bs(root, start: dt.datetime, crs, transform: Affine, vv: np.ndarray, v
     return "/eodata/" + rel
 
 
-def write_c6(root, start: dt.datetime, crs, transform: Affine, vv: np.ndarray, vh: np.ndarray, sat: str = "S1A") -> str:
-    """A CARD-COH6 product: <ref>/<ref>.tif, one GeoTIFF with band 1 = VV, band 2 = VH coherence."""
-    ref = s1_reference(start, "CARD_COH6", sat)
-    rel = f"Sentinel-1/SAR/CARD-COH6/{start:%Y/%m/%d}/{ref}"
+def write_c6(root, start: dt.datetime, crs, transform: Affine, vv: np.ndarray, vh: np.ndarray, sat: str = "S1A",
+             ref: str | None = None, product: str = "CARD-COH6") -> str:
+    """A CARD-COH6 product: <ref>/<ref>.tif, one GeoTIFF with band 1 = VV, band 2 = VH coherence.
+    ref: the product's name (default: made up from `start`); product: CARD-COH6 or CARD-COH12."""
+    ref = ref or s1_reference(start, product.replace("-", "_"), sat)
+    rel = f"Sentinel-1/SAR/{product}/{start:%Y/%m/%d}/{ref}"
     _write(Path(root) / rel / f"{ref}.tif", [vv.astype(np.float32), vh.astype(np.float32)], crs, transform,
            driver="GTiff", compress="deflate")
     return "/eodata/" + rel

@@ -48,7 +48,10 @@ def cmd_start(args) -> int:
           f"(cloud '{sb.cloud_name}', log {sb.log_file})")
     print(f"eodata S3 at {sb.eodata_endpoint()} from the servers ({sb.s3.endpoint()} here), bucket eodata, "
           f"keys in {sb.s3.credentials_file}")
-    print(f"export OS_CLIENT_CONFIG_FILE={sb.clouds_yaml} OS_CLOUD={sb.cloud_name}")
+    print(f"CDSE catalog at {sb.cdse.catalog_url}, On-Demand Production at {sb.cdse.odp_url} (token "
+          f"{sb.cdse.token_url}), its account in {sb.cdse.credentials_file}")
+    print(f"export OS_CLIENT_CONFIG_FILE={sb.clouds_yaml} OS_CLOUD={sb.cloud_name} "
+          + " ".join(f"{k}={v}" for k, v in sb.cdse.env.items()))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from extractor.errors import CbmError, UserError
+from sandbox.cdse import CdseStandIns
 from sandbox.cloud import hostimage
 from sandbox.cloud.backend import Backend
 from sandbox.processes import terminate
@@ -160,6 +161,7 @@ class Sandbox:
         self.write_clouds_yaml()
         self.s3.eodata.mkdir(parents=True, exist_ok=True)
         self.s3.start()
+        self.cdse.start()
         return self
 
     # -- the eodata S3 stand-in ------------------------------------------------------------
@@ -168,6 +170,11 @@ class Sandbox:
         """The S3 server serving the sandbox's eodata folder (sandbox/s3.py), as on CDSE."""
         st = self.state() or {}
         return EodataS3(self.state_dir, Path(st.get("eodata") or self.eodata or self.state_dir / "eodata"))
+
+    @property
+    def cdse(self) -> CdseStandIns:
+        """The CDSE catalog and On-Demand Production stand-ins (sandbox/cdse.py) over the eodata folder."""
+        return CdseStandIns(self.state_dir, self.s3.eodata)
 
     def eodata_endpoint(self) -> str:
         """The S3 endpoint as the sandbox's servers reach it: the host's address on the eodata network."""
@@ -224,8 +231,10 @@ class Sandbox:
         if self.state() is not None:
             if purge:
                 self.s3.purge()
+                self.cdse.purge()
             else:
                 self.s3.stop()
+                self.cdse.stop()
         pid = self.pid()
         if pid is not None:
             terminate(pid, _alive, timeout)
