@@ -21,11 +21,9 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +35,7 @@ from extractor.errors import CbmError, UserError
 from sandbox.catalog_replay import CatalogReplay
 from sandbox.odp import OdpStandIn
 from sandbox.odp_http import ADMIN
-from sandbox.processes import terminate
+from sandbox.processes import alive, serve_until_sigterm, terminate
 from sandbox.s3 import REGION, EodataS3
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,13 +51,6 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and b"sandbox.cdse" in cmdline
 
 
 def _free_port() -> int:
@@ -110,7 +101,7 @@ class CdseStandIns:
     @property
     def running(self) -> bool:
         pid = self._state().get("pid")
-        if not pid or not _alive(pid):
+        if not pid or not alive(pid, "sandbox.cdse"):
             return False
         try:
             self.steer("state", timeout=2)
@@ -164,8 +155,8 @@ class CdseStandIns:
 
     def stop(self, timeout: float = 10) -> None:
         pid = self._state().get("pid")
-        if pid and _alive(pid):
-            terminate(pid, _alive, timeout)
+        if pid and alive(pid, "sandbox.cdse"):
+            terminate(pid, lambda p: alive(p, "sandbox.cdse"), timeout)
 
     def purge(self) -> None:
         self.stop()
@@ -230,9 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                      state_file=args.state_dir / "cdse-odp.json", on_product=uploader(args.state_dir, eodata))
     catalog.made = odp.produced
     catalog.start()
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=odp.stop, daemon=True).start())
     print(f"CDSE stand-ins: catalog {catalog.url}, ODP {odp.url}", flush=True)
-    odp.serve_forever()
+    serve_until_sigterm(odp.serve_forever, odp.stop)
     catalog.stop()
     print("CDSE stand-ins stopped", flush=True)
 

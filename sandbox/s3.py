@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from pathlib import Path
 import yaml
 
 from extractor.errors import CbmError, UserError, one_line
-from sandbox.processes import terminate
+from sandbox.processes import alive, serve_until_sigterm, terminate
 
 SETUP_REQUESTS = 3          # CreateUser, PutUserPolicy, CreateAccessKey: the only unchecked requests
 USER = "eodata-reader"
@@ -58,14 +57,6 @@ UPLOAD_THREADS = 16
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _alive(pid: int) -> bool:
-    """The process runs and is this module's server (not a zombie, not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and b"sandbox.s3" in cmdline
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -118,7 +109,7 @@ class EodataS3:
     @property
     def running(self) -> bool:
         pid = self._state().get("pid")
-        return bool(pid) and _alive(pid) and self._answers()
+        return bool(pid) and alive(pid, "sandbox.s3") and self._answers()
 
     def _answers(self) -> bool:
         try:
@@ -236,9 +227,9 @@ class EodataS3:
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM the server (SIGKILL after `timeout` s); keeps s3.json so a restart reuses the port."""
         pid = self._state().get("pid")
-        if not pid or not _alive(pid):
+        if not pid or not alive(pid, "sandbox.s3"):
             return
-        terminate(pid, _alive, timeout)
+        terminate(pid, lambda p: alive(p, "sandbox.s3"), timeout)
 
     def purge(self) -> None:
         """stop() and remove s3.json, s3-credentials.yml and s3.log."""
@@ -289,10 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     app = DomainDispatcherApplication(create_backend_app)
     guarded = _guard(app, os.environ.pop("CBM_S3_SETUP_TOKEN", ""))
     server = make_server(args.host, args.port, guarded, threaded=True, request_handler=MotoRequestHandler)
-    # shutdown() waits for serve_forever() to return: call it from another thread than the handler's.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"S3 stand-in (moto) on {args.host}:{args.port}", flush=True)
-    server.serve_forever()
+    serve_until_sigterm(server.serve_forever, server.shutdown)
     server.server_close()
     print("S3 stand-in stopped", flush=True)
 
