@@ -103,7 +103,8 @@ def test_servers_on_the_private_network_reach_each_other(host):
     net = conn.network.find_network("cbm-private")
     other = conn.compute.create_server(name=unique("t-peer"), flavorRef=conn.compute.find_flavor("eo1.xsmall").id,
                                        imageRef=conn.image.find_image("Debian 12").id,
-                                       networks=[{"uuid": net.id}], key_name=host.names["kp"])
+                                       networks=[{"uuid": net.id}], key_name=host.names["kp"],
+                                       security_groups=[{"name": host.names["sg"]}])  # it allows SSH
     try:
         other = conn.compute.wait_for_server(other, interval=0.5, wait=120)
         peer_ip = other.addresses["cbm-private"][0]["addr"]
@@ -128,6 +129,8 @@ def test_reboot_from_inside_brings_back_ssh_ips_volume_and_mounts(host):
     device = host.volume.attachments[0]["device"]
     assert host.ssh(f"test -b {device} && cat /data/f && findmnt -n -o SOURCE /data | tail -1").stdout.split() == \
         ["kept", device]
+    # the volume's by-id name (virtio: the first 20 characters of its id) comes back too
+    assert host.ssh(f"readlink -f /dev/disk/by-id/virtio-{host.volume.id[:20]}").stdout.strip() == device
     assert host.conn.get_server(host.server.id).public_v4 == host.ip
 
 

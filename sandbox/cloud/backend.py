@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 SUBNET_POOL = ipaddress.ip_network("10.219.0.0/16")  # /24s handed to the sandbox's networks
 
 
-def _run(cmd: list[str], check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], check: bool = True, timeout: float = 300,
+         input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         err = (proc.stderr or proc.stdout).strip().splitlines()
         raise CbmError(f"{' '.join(cmd[:3])}: {err[-1] if err else 'exit ' + str(proc.returncode)}")
@@ -87,17 +88,29 @@ class Backend:
 
     # -- servers ---------------------------------------------------------------------------
     def boot(self, server_id: str, container: str, hostname: str, public_key: str,
-             nics: list[tuple[str, str]], mounts: list[tuple[str, str, bool]]) -> str:
-        """Create and start a host container on nics [(docker network, ip), ...]; returns its id."""
+             nics: list[tuple[str, str]], mounts: list[tuple[str, str, bool]], firewall: str) -> str:
+        """Create and start a host container on nics [(docker network, ip), ...] with its security-group
+        rules (applied by its init before any service starts); returns its id."""
         _run(["docker", "rm", "-fv", container], check=False)
         first_net, first_ip = nics[0]
         labels = {f"{hostimage.LABEL}.instance": self.instance, f"{hostimage.LABEL}.server": server_id}
         cid = hostimage.create_host(container, authorized_keys=public_key, network=first_net, ip=first_ip,
                                     hostname=hostname, labels=labels, mounts=mounts, start=False)
+        hostimage.write_guest_file(cid, "firewall", firewall)
         for net, ip in nics[1:]:
             _run(["docker", "network", "connect", "--ip", ip, net, cid])
         _run(["docker", "start", cid])
         return cid
+
+    def firewall(self, container: str, rules: str) -> bool:
+        """Swap a host's security-group chain (running) or its boot copy (stopped); False if there is no
+        such container."""
+        state = self.container_state(container)
+        if state == "running":
+            _run(["docker", "exec", "-i", container, hostimage.GUEST_FIREWALL_PATH, "-"], input=rules, timeout=60)
+        elif state is not None:
+            hostimage.write_guest_file(container, "firewall", rules)
+        return state is not None
 
     def container_state(self, container: str) -> str | None:
         proc = _run(["docker", "inspect", "--format", "{{.State.Status}}", container], check=False)
@@ -150,8 +163,9 @@ class Backend:
             _run(["losetup", "-d", dev])
         path.unlink(missing_ok=True)
 
-    def attach(self, container: str, device: str, major: int, minor: int) -> None:
-        hostimage.add_block_device(container, device, major, minor)
+    def attach(self, container: str, device: str, major: int, minor: int, serial: str | None = None) -> None:
+        """The volume's node at `device` and its /dev/disk/by-id link (`serial`: the volume id, as Nova)."""
+        hostimage.add_block_device(container, device, major, minor, serial)
 
     def detach(self, container: str, device: str) -> None:
         hostimage.remove_block_device(container, device)

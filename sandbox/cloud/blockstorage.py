@@ -13,6 +13,7 @@ from sandbox.cloud.state import Cloud
 
 V = "/volume/v3/{project_id}"
 DELETABLE = ("available", "error", "error_restoring", "error_extending", "error_managing")
+RESET_STATES = ("available", "in-use", "error", "error_deleting", "error_extending")
 
 
 def _project(cloud: Cloud, req: Request) -> None:
@@ -233,6 +234,13 @@ def volume_action(cloud: Cloud, req: Request):
             if vol.get("loop"):
                 subprocess.run(["losetup", "-c", vol["loop"]], check=False)
             vol.update(size=new_size, updated_at=now_us())
+            cloud.save()
+            return 202, None
+        if action == "os-reset_status":   # an admin action in Cinder; here: how tests put a volume in error
+            status = (body[action] or {}).get("status")
+            if status not in RESET_STATES:
+                raise nova_error(400, f"Invalid input received: status {status!r} is not one of {RESET_STATES}.")
+            vol.update(status=status, updated_at=now_us())
             cloud.save()
             return 202, None
     raise nova_error(400, f"The sandbox does not support the volume action {action!r}.")

@@ -1,5 +1,6 @@
-"""Nova v2.1 (microversions up to 2.96): flavors, keypairs, servers (a host container each), server
-tags and metadata, actions (reboot, stop, start), volume attachments (a block device node in the host)."""
+"""Nova v2.1 (microversions up to 2.96): flavors, keypairs, servers (a host container each, its security
+groups enforced by firewall.py), server tags and metadata, actions (reboot, stop, start, add/remove a
+security group), volume attachments (a block device node in the host)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sandbox.cloud import hostimage, network
+from sandbox.cloud import firewall, hostimage, network
 from sandbox.cloud.base import now, router
 from sandbox.cloud.http import Request, nova_error, paginate
 from sandbox.cloud.state import Cloud
@@ -428,6 +429,7 @@ def create_server(cloud: Cloud, req: Request):
             port.update(device_id=server_id, device_owner="compute:nova")
             srv["port_ids"].append(port["id"])
         cloud.data["servers"][server_id] = srv
+        firewall.sync(cloud)  # the other hosts: remote-group address sets (this one has no container yet)
         cloud.save()
     cloud.background(f"boot {server_id}", boot_server, cloud, server_id)
     out = {"id": server_id, "links": _link(req, "servers", server_id), "OS-DCF:diskConfig": "MANUAL",
@@ -470,6 +472,7 @@ def boot_server(cloud: Cloud, server_id: str) -> None:
             cloud.save()
             return
         container, hostname = srv["container"], srv["hostname"]
+        rules = firewall.ruleset(cloud, srv)
     problem = None
     if not nics:
         problem = "The sandbox cannot boot a server without a network."
@@ -481,7 +484,7 @@ def boot_server(cloud: Cloud, server_id: str) -> None:
             cloud.save()
         return
     try:
-        cloud.backend.boot(server_id, container, hostname, key["public_key"] if key else "", nics, mounts)
+        cloud.backend.boot(server_id, container, hostname, key["public_key"] if key else "", nics, mounts, rules)
     except Exception as exc:
         with cloud.lock:
             if server_id not in cloud.data["servers"]:
@@ -499,6 +502,8 @@ def boot_server(cloud: Cloud, server_id: str) -> None:
                 network.connect_fip(cloud, fip)
         for pid in srv["port_ids"]:
             cloud.data["ports"][pid]["status"] = "ACTIVE"
+        cloud.firewalls[server_id] = rules
+        firewall.sync(cloud)  # a change while it booted
         srv.update(status="ACTIVE", vm_state="active", task_state=None, power_state=1, updated=now(),
                    launched_at=now().replace("Z", ".000000"))
         cloud.save()
@@ -551,6 +556,7 @@ def _destroy(cloud: Cloud, server_id: str) -> None:
             else:
                 port.update(device_id="", device_owner="", status="DOWN")
         cloud.data["servers"].pop(server_id, None)
+        firewall.sync(cloud)
         cloud.save()
 
 
@@ -592,6 +598,7 @@ def server_action(cloud: Cloud, req: Request):
             for port in ports:
                 groups = [g for g in port["security_groups"] if g != group]
                 port["security_groups"] = groups + [group] if action == "addSecurityGroup" else groups
+            firewall.sync(cloud)
         elif action == "os-getConsoleOutput":
             lines = (body[action] or {}).get("length")
             logs = subprocess.run(["docker", "logs", "--tail", str(lines or "all"), srv["container"] or "-"],
@@ -839,7 +846,7 @@ def _do_attach(cloud: Cloud, server_id: str, att: dict) -> None:
         vol = cloud.data["volumes"][att["volume_id"]]
         container, major, minor = srv["container"], vol["major"], vol["minor"]
     try:
-        cloud.backend.attach(container, att["device"], major, minor)
+        cloud.backend.attach(container, att["device"], major, minor, serial=att["volume_id"])
         ok = True
     except Exception:
         log.exception("attaching %s to %s failed", att["volume_id"], server_id)
@@ -920,17 +927,19 @@ def sync_devices(cloud: Cloud, srv: dict) -> None:
     """Rewrite a host's block-device list (used by its init at boot) and fix the nodes if it runs."""
     if not srv.get("container") or cloud.backend.container_state(srv["container"]) is None:
         return
-    lines = []
+    lines, links = [], []
     for att in srv["attachments"]:
         vol = cloud.data["volumes"].get(att["volume_id"])
         if vol and vol.get("major") is not None:
             lines.append(f"{att['device']} {vol['major']} {vol['minor']}\n")
+            links.append(f"{hostimage.by_id_link(vol['id'])} {att['device']}\n")
     hostimage.write_guest_file(srv["container"], "devices", "".join(lines))
+    hostimage.write_guest_file(srv["container"], "links", "".join(links))
     if cloud.backend.container_state(srv["container"]) == "running":
         for att in srv["attachments"]:
             vol = cloud.data["volumes"].get(att["volume_id"])
             if vol and vol.get("major") is not None:
-                cloud.backend.attach(srv["container"], att["device"], vol["major"], vol["minor"])
+                cloud.backend.attach(srv["container"], att["device"], vol["major"], vol["minor"], serial=vol["id"])
 
 
 def reconcile_server(cloud: Cloud, srv: dict) -> None:

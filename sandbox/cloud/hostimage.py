@@ -6,9 +6,11 @@ Two images, both built here (nothing is pulled from a registry):
                              sudo); rebuilt when its recipe (this file) changes.
 
 A host container runs /sbin/cbm-init as PID 1 (see GUEST_INIT): at every boot it recreates the block
-device nodes listed in /etc/cbm-sandbox/devices (containers lose /dev on restart), gives the boot a new
-boot_id (Ansible's reboot module compares it), installs the authorized keys on first boot (like
-cloud-init), and starts the sysvinit services linked in /etc/rc2.d (ssh, and docker once installed).
+device nodes listed in /etc/cbm-sandbox/devices and their /dev/disk/by-id links (containers lose /dev
+on restart; udev makes the links on a real host), gives the boot a new boot_id (Ansible's reboot module
+compares it), installs the authorized keys on first boot (like cloud-init), applies the security groups
+in /etc/cbm-sandbox/firewall (see firewall.py), and starts the sysvinit services linked in /etc/rc2.d
+(ssh, and docker once installed).
 `reboot`/`shutdown -r` inside the host make PID 1 stop the services and exit with REBOOT_EXIT_CODE; the
 restart policy `on-failure` brings the container back with the same networks, IPs and volumes.
 
@@ -23,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,7 +48,9 @@ GUEST_STATE = "/etc/cbm-sandbox"  # inside the host: devices, authorized_keys
 HOST_PACKAGES = [
     "openssh-server", "sudo", "python3", "python3-apt", "iproute2", "ca-certificates", "procps",
     "e2fsprogs", "util-linux", "kmod", "rsync", "curl", "iputils-ping", "less", "lsb-release",
+    "iptables",  # the security groups (GUEST_FIREWALL); the iptables-nft that docker.io's dockerd uses too
 ]
+GUEST_FIREWALL_PATH = "/usr/local/sbin/cbm-sandbox-firewall"
 
 # PID 1 of a host. Plain python3 (installed in the image), no dependencies.
 GUEST_INIT = r'''#!/usr/bin/python3
@@ -94,6 +99,25 @@ def make_devices():
             log("cannot create %s: %s" % (dev, exc))
 
 
+def make_links():
+    # /dev/disk/by-id names of the volumes ("link device" per line), as udev makes them on a real host
+    path = os.path.join(STATE, "links")
+    if not os.path.exists(path):
+        return
+    for line in open(path):
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        link, dev = parts
+        try:
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            tmp = "%s.init%d" % (link, os.getpid())
+            os.symlink(os.path.relpath(dev, os.path.dirname(link)), tmp)
+            os.replace(tmp, link)
+        except OSError as exc:
+            log("cannot link %s: %s" % (link, exc))
+
+
 def new_boot_id():
     with open("/run/cbm-boot_id", "w") as f:
         f.write(str(uuid.uuid4()) + "\n")
@@ -127,10 +151,12 @@ def boot():
     for d in ("/run/sshd", "/run/lock"):
         os.makedirs(d, exist_ok=True)
     make_devices()
+    make_links()
     run("mount", "-a")  # fstab (e.g. the data volume by UUID), like a real boot
     new_boot_id()
     install_keys()
     run("ssh-keygen", "-A")
+    run("/usr/local/sbin/cbm-sandbox-firewall")  # the security groups, before any service listens
     run("/usr/local/sbin/cbm-sandbox-fixups")
     started = rc_scripts()
     if "ssh" not in started:
@@ -212,6 +238,22 @@ done
 exit 0
 '''
 
+# The security groups of the host's ports (sandbox/cloud/firewall.py computes them): the sandbox cloud
+# writes an iptables-restore file for the chain CBM-SG-INGRESS of the mangle table (`-`: from stdin),
+# applied in one transaction, then hooked first in PREROUTING for what enters on the cloud interfaces.
+GUEST_FIREWALL = r'''#!/bin/sh
+# cbm-sandbox: enforce the security groups of this host (rules written by the sandbox cloud).
+set -e
+f=/etc/cbm-sandbox/firewall
+exec 9>/run/cbm-sandbox-firewall.lock
+flock 9
+if [ "$1" = - ]; then cat > "$f.new"; mv "$f.new" "$f"; fi
+[ -s "$f" ] || exit 0
+iptables-restore -w --noflush < "$f"
+iptables -w -t mangle -C PREROUTING -i eth+ -j CBM-SG-INGRESS 2>/dev/null ||
+  iptables -w -t mangle -I PREROUTING 1 -i eth+ -j CBM-SG-INGRESS
+'''
+
 # docker.io recommends cgroupfs-mount, whose stop unmounts and removes /sys/fs/cgroup/*: those are the
 # machine's hierarchies (bound into the host), so the host's copy of cgroupfs-umount does nothing.
 GUEST_NO_UMOUNT = "#!/bin/sh\n# cbm-sandbox: the cgroup hierarchies belong to the machine; never unmount them\nexit 0\n"
@@ -240,10 +282,12 @@ COPY cbm-shutdown /sbin/halt
 COPY cbm-shutdown /sbin/poweroff
 COPY runlevel /sbin/runlevel
 COPY cbm-sandbox-fixups /usr/local/sbin/cbm-sandbox-fixups
+COPY cbm-sandbox-firewall /usr/local/sbin/cbm-sandbox-firewall
 COPY policy-rc.d /usr/sbin/policy-rc.d
 COPY cgroupfs-umount /usr/bin/cgroupfs-umount
 RUN chmod 755 /sbin/cbm-init /sbin/shutdown /sbin/reboot /sbin/halt /sbin/poweroff /sbin/runlevel \\
-      /usr/local/sbin/cbm-sandbox-fixups /usr/sbin/policy-rc.d /usr/bin/cgroupfs-umount
+      /usr/local/sbin/cbm-sandbox-fixups /usr/local/sbin/cbm-sandbox-firewall /usr/sbin/policy-rc.d \\
+      /usr/bin/cgroupfs-umount
 LABEL {label}=1 {label}.recipe={recipe}
 STOPSIGNAL SIGTERM
 CMD ["/sbin/cbm-init"]
@@ -274,7 +318,8 @@ def image_labels(image: str) -> dict | None:
 def _host_files() -> dict[str, str]:
     init = GUEST_INIT.replace("@USER@", DEFAULT_USER).replace("@REBOOT@", str(REBOOT_EXIT_CODE))
     return {"cbm-init": init, "cbm-shutdown": GUEST_SHUTDOWN, "runlevel": GUEST_RUNLEVEL,
-            "cbm-sandbox-fixups": GUEST_FIXUPS, "policy-rc.d": GUEST_POLICY, "cgroupfs-umount": GUEST_NO_UMOUNT}
+            "cbm-sandbox-fixups": GUEST_FIXUPS, "policy-rc.d": GUEST_POLICY, "cgroupfs-umount": GUEST_NO_UMOUNT,
+            "cbm-sandbox-firewall": GUEST_FIREWALL}
 
 
 def _recipe() -> str:
@@ -415,19 +460,36 @@ def write_guest_file(container: str, name: str, text: str) -> None:
         _docker("cp", str(path), f"{container}:{GUEST_STATE}/{name}")
 
 
-def add_block_device(container: str, device: str, major: int, minor: int) -> None:
-    """Make `device` (e.g. /dev/vdb) a block device node major:minor inside a running host, and
-    record it in /etc/cbm-sandbox/devices so that it comes back after a reboot."""
+def by_id_link(serial: str) -> str:
+    """The name a virtio disk with this serial (Nova: the volume id) gets from udev: the first 20 characters."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", serial):
+        raise ValueError(f"not a volume serial: {serial!r}")
+    return f"/dev/disk/by-id/virtio-{serial[:20]}"
+
+
+def add_block_device(container: str, device: str, major: int, minor: int, serial: str | None = None) -> None:
+    """Make `device` (e.g. /dev/vdb) a block device node major:minor inside a running host, with its
+    /dev/disk/by-id/virtio-<serial> link when a serial (the volume id) is given, and record both in
+    /etc/cbm-sandbox/devices and links so that they come back after a reboot."""
     # node first under a temporary name, then renamed: the host's init may be creating it at boot too
     script = (f"set -e; f={GUEST_STATE}/devices; touch $f; grep -v '^{device} ' $f > $f.new || true; "
               f"echo '{device} {major} {minor}' >> $f.new; mv $f.new $f; t={device}.cbm$$; "
               f"mknod -m 660 $t b {major} {minor}; chgrp disk $t; mv -f $t {device}")
+    if serial:
+        link = by_id_link(serial)
+        target = os.path.relpath(device, os.path.dirname(link))
+        script += (f"; g={GUEST_STATE}/links; touch $g; grep -v ' {device}$' $g > $g.new || true; "
+                   f"echo '{link} {device}' >> $g.new; mv $g.new $g; mkdir -p {os.path.dirname(link)}; "
+                   f"ln -sfn {target} {link}")
     _docker("exec", container, "sh", "-c", script)
 
 
 def remove_block_device(container: str, device: str) -> None:
-    """Remove a block device node from a host and from its boot list (no-op if the host is down)."""
-    script = (f"f={GUEST_STATE}/devices; grep -v '^{device} ' $f > $f.new; mv $f.new $f; rm -f {device}")
+    """Remove a block device node (and its by-id links) from a host and from its boot lists (no-op if
+    the host is down)."""
+    script = (f"f={GUEST_STATE}/devices; grep -v '^{device} ' $f > $f.new; mv $f.new $f; rm -f {device}; "
+              f"g={GUEST_STATE}/links; [ -f $g ] || exit 0; grep ' {device}$' $g | cut -d' ' -f1 | xargs -r rm -f; "
+              f"grep -v ' {device}$' $g > $g.new; mv $g.new $g")
     _docker("exec", container, "sh", "-c", script, check=False)
 
 

@@ -1,12 +1,13 @@
 """Neutron v2.0: networks (a Docker bridge each), subnets, ports, floating IPs (an address on the
-external Docker network, connected to the server's container), security groups and rules (stored and
-returned, not enforced), tags, filters, pagination, NeutronError bodies."""
+external Docker network, connected to the server's container), security groups and rules (enforced on
+the hosts by firewall.py), tags, filters, pagination, NeutronError bodies."""
 
 from __future__ import annotations
 
 import ipaddress
 import uuid
 
+from sandbox.cloud import firewall
 from sandbox.cloud.base import now, router
 from sandbox.cloud.http import Request, neutron_error, paginate
 from sandbox.cloud.state import Cloud
@@ -34,6 +35,8 @@ QUOTA = {"networks": "network", "subnets": "subnet", "ports": "port", "floatingi
 EXTENSIONS = ["external-net", "router", "security-group", "standard-attr-tag", "tag-creation", "port-security",
               "quotas", "binding", "allowed-address-pairs", "standard-attr-description", "standard-attr-timestamp",
               "standard-attr-revisions", "fip-port-details", "net-mtu", "availability_zone", "project-id"]
+# what shapes the hosts' security-group rules (addresses, memberships, rules): firewall.sync after a change
+ENFORCED = {"ports", "floatingips", "security-groups", "security-group-rules"}
 PAGING_KEYS = {"limit", "marker", "fields", "sort_key", "sort_dir", "page_reverse", "tags", "tags-any", "not-tags",
                "not-tags-any"}
 
@@ -68,7 +71,10 @@ def seed_networks(cloud: Cloud) -> None:
             net.update(project_id=admin_project, tenant_id=admin_project)
             subnet["cbm:hidden"] = True
         new_subnet(cloud, subnet)
-    new_security_group(cloud, "default", "Default security group")
+    default = new_security_group(cloud, "default", "Default security group")
+    for ethertype in ("IPv4", "IPv6"):  # as in Neutron: the members of the default group reach each other
+        new_rule(cloud, {"security_group_id": default["id"], "direction": "ingress", "ethertype": ethertype,
+                         "remote_group_id": default["id"]})
 
 
 def new_network(cloud: Cloud, body: dict) -> dict:
@@ -430,6 +436,8 @@ def _register(seg: str) -> None:
             if seg in QUOTA and seg not in ("ports", "floatingips"):
                 cloud.quota_check("network", QUOTA[seg], len(cloud.data[coll]))
             obj = CREATORS[seg](cloud, body)
+            if seg in ENFORCED:
+                firewall.sync(cloud)
             cloud.save()
             return 201, {singular: view(cloud, seg, obj)}
 
@@ -446,6 +454,8 @@ def _register(seg: str) -> None:
                 if key in body and key in obj:
                     obj[key] = body[key]
             _touch(obj)
+            if seg in ENFORCED:
+                firewall.sync(cloud)
             cloud.save()
             return 200, {singular: view(cloud, seg, obj)}
 
@@ -454,6 +464,8 @@ def _register(seg: str) -> None:
         with cloud.lock:
             obj = _get(cloud, seg, req.params["obj_id"])
             DELETERS[seg](cloud, obj)
+            if seg in ENFORCED:
+                firewall.sync(cloud)
             cloud.save()
             return 204, None
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from sandbox.cloud import admin, blockstorage, compute, hostimage, identity, image, network  # noqa: F401 (routes)
+from sandbox.cloud import firewall
 from sandbox.cloud.control import code_version
 from sandbox.cloud.http import make_server
 from sandbox.cloud.state import Cloud
@@ -54,6 +55,7 @@ def reconcile(cloud: Cloud) -> None:
             if srv["id"] in moved:
                 compute.sync_devices(cloud, srv)
             compute.reconcile_server(cloud, srv)
+        firewall.sync(cloud)  # the hosts' security groups, from the state
         cloud.save()
 
 

@@ -59,6 +59,7 @@ class Cloud:
         if port:
             self.data["port"] = port
         self.backend = backend_mod.Backend(self.data["instance"], self.state_dir)
+        self.firewalls: dict[str, str] = {}  # server id -> the security-group rules last pushed to it
 
     # -- state -----------------------------------------------------------------------------
     def seed(self) -> dict:
