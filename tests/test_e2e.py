@@ -2,7 +2,8 @@
 
   up (provision + configure) -> onboard the DK sample parcels -> extract every card on the swarm
   while a worker is killed -> the results equal an undisturbed run -> rolling upgrade while an
-  extraction runs -> down --keep-volume / up keeps every row -> down leaves nothing.
+  extraction runs -> PostGIS restarted while an extraction runs -> down --keep-volume / up keeps
+  every row -> down leaves nothing.
 
 The undisturbed reference is computed on this machine with the same products, parcels and code
 (`cbm extract run` against a throwaway PostGIS), so nothing is hard-coded.
@@ -10,19 +11,21 @@ The undisturbed reference is computed on this machine with the same products, pa
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import PARCEL_SAMPLES, run_cbm
+from conftest import PARCEL_SAMPLES, run_cbm, wait_for
 
 pytestmark = pytest.mark.docker
 
 PARCELS = PARCEL_SAMPLES / "dk_marker_2026" / "Marker_2026.shp"
 START, END = "2026-04-01", "2026-04-30"
 RUNS = [("s2", "-1"), ("s2", "10"), ("s2", "20"), ("bs", "10"), ("c6", "20")]
+HOLD = 727272   # the advisory lock a test holds to keep workers in the middle of writing
 
 SIGS = ("SELECT s.pid, c.reference, s.band, s.count, s.mean, s.std, s.min, s.max, s.p25, s.p50, s.p75"
         " FROM sigs s JOIN dias_catalogue c ON c.id = s.obsid")
@@ -118,6 +121,10 @@ def test_swarm_extraction_survives_a_killed_worker(e2e, reference):
     assert killed, "no worker task was running to be killed"
     assert "CBM_S3_CREDENTIALS_FILE=/run/secrets/s3" in inspected and "CBM_EODATA_SOURCE=s3" in inspected
     assert keys["secret_key"] not in inspected and keys["access_key"] not in inspected
+    # they log in as their least-privilege role, its password a swarm secret too (extractor/grants.py)
+    worker_password = (e2e.state / "db_worker_password").read_text().strip()
+    assert "PGUSER=cbm_worker" in inspected and "PGPASSFILE=/run/secrets/pgpass" in inspected
+    assert worker_password not in inspected
     for card in ("bs", "c6"):
         e2e.cbm("extract", "swarm", str(e2e.spec), "--card", card, "--all")
     sigs, hists = reference
@@ -142,6 +149,44 @@ def test_upgrade_while_extracting(e2e, reference):
     assert sorted(e2e.query(SIGS)) == sigs
     nodes = e2e.ssh("manager", 0, "sudo docker node ls --format '{{.Status}} {{.Availability}}'").split("\n")
     assert [n for n in nodes if n.strip()] == ["Ready Active"] * 3, nodes
+
+
+def test_swarm_extraction_follows_a_postgis_restart(e2e, reference):
+    """PostGIS restarts while `cbm extract swarm` runs and two workers are in the middle of writing
+    (their COPY into sigs waits on a lock held by a session in the container, which the restart
+    ends): the command keeps following and ends normally, every scene is done once, and the rows
+    equal the undisturbed run."""
+    scenes = "SELECT id FROM dias_catalogue WHERE card = 'c6'"
+    e2e.query(f"DELETE FROM sigs WHERE obsid IN ({scenes}); DELETE FROM extraction_runs WHERE obsid IN ({scenes});"
+              " UPDATE dias_catalogue SET status = 'ingested' WHERE card = 'c6';"
+              " CREATE FUNCTION hold_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+              f" PERFORM pg_advisory_lock({HOLD}); PERFORM pg_advisory_unlock({HOLD}); RETURN NULL; END $$;"
+              " CREATE TRIGGER hold_copy AFTER INSERT ON sigs FOR EACH STATEMENT EXECUTE FUNCTION hold_copy()")
+    try:
+        e2e.ssh("manager", 0, "sudo docker exec -d cbm-postgis psql -U postgres -h /var/run/postgresql -c"
+                              f" 'SELECT pg_advisory_lock({HOLD}), pg_sleep(3600)'")
+        proc = e2e.background("extract", "swarm", str(e2e.spec), "--card", "c6", "--lease", "20")
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        wait_for(lambda: e2e.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                                   " AND query LIKE 'COPY%%'")[0][0] == 2 or proc.poll() is not None,
+                 timeout=900, interval=1, what="both workers to be writing a scene")
+        assert proc.poll() is None, "".join(lines)[-4000:]
+        assert e2e.query(f"SELECT count(*) FROM extraction_runs WHERE obsid IN ({scenes})") == [(2,)]  # 2 left
+        e2e.ssh("manager", 0, "sudo docker restart cbm-postgis")
+        proc.wait(timeout=1800)
+    finally:
+        e2e.query("DROP TRIGGER IF EXISTS hold_copy ON sigs; DROP FUNCTION IF EXISTS hold_copy()")
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-4000:]
+    # every scene finished after the restart, once: no duplicate, none lost, results as undisturbed
+    assert e2e.query(f"SELECT r.status, count(*) FROM extraction_runs r WHERE obsid IN ({scenes})"
+                     " AND finished_at > pg_postmaster_start_time() GROUP BY 1") == [("extracted", 4)]
+    sigs, hists = reference
+    assert sorted(e2e.query(SIGS)) == sigs
+    assert sorted(e2e.query(HISTS)) == hists
+    assert e2e.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
+    assert e2e.query("SELECT count(*) FROM hists GROUP BY pid, obsid HAVING count(*) > 1") == []
 
 
 def test_down_keep_volume_then_up_keeps_every_row(e2e):

@@ -1,5 +1,7 @@
 """A worker killed in the middle of writing leaves no rows; its scene is taken back after the lease
-and ends equal to an undisturbed run. A database lost mid-scene: one line, nothing written."""
+and ends equal to an undisturbed run. A database lost mid-scene: one line, nothing written, the
+scene given back without using an attempt. A scene over extract.scene_timeout is given back (the
+attempt counts) and the worker goes on; a bad extract.scene_timeout is a one-line error."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import threading
 import psycopg2
 import pytest
 
-from conftest import run_cbm, wait_for
+from conftest import assert_one_line_error, run_cbm, wait_for
 from extract_helpers import Scene, add_scene, extract_env, init_db, make_world
 
 LOCK = 424242
@@ -145,5 +147,48 @@ def test_database_lost_mid_scene_then_back(dbenv, world):
     out = "".join(lines)
     assert "lost the database" in out and "answers again" in out, out
     assert dbenv.query("SELECT count(*) FROM extraction_runs WHERE status = 'extracted'") == [(2,)]
+    assert dbenv.query("SELECT DISTINCT attempts FROM extraction_runs") == [(1,)]  # given back, not counted
     assert sigs_of(dbenv, a) == sigs_of(dbenv, b) and sigs_of(dbenv, a)
     assert dbenv.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
+
+
+def test_scene_over_its_time_bound_is_given_back_and_the_worker_goes_on(dbenv, world):
+    """The worker is held in the middle of scene A (its grid lookup waits on a table lock) until
+    extract.scene_timeout has passed: A is given back with its attempt counted, nothing written;
+    the worker goes on, takes A again and B, and both end equal."""
+    a, b = setup_two_scenes(dbenv, world)
+    env = {**os.environ, **extract_env(dbenv, world, scene_timeout=2, max_attempts=2)}
+    holder = dbenv.conn()
+    holder.autocommit = False
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE extract_grids IN ACCESS EXCLUSIVE MODE")
+    worker = subprocess.Popen([sys.executable, "-m", "cbm", "extract", "run", "--card", "s2", "--res", "10"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: dbenv.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                     " AND query LIKE '%%extract_grids%%'"), what="the worker to wait in scene A")
+        wait_for(lambda: dbenv.query("SELECT claimed_at < now() - interval '2 s' FROM extraction_runs")[0][0],
+                 what="scene A to pass its time bound")
+    finally:
+        holder.rollback()
+        holder.close()
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    ref = dbenv.query("SELECT reference FROM dias_catalogue WHERE id = %s", (a,))[0][0]
+    assert f"scene {a} {ref}: given back, the scene took longer than extract.scene_timeout (2 s) " \
+           "(attempt 1 of 2)" in out, out
+    assert dbenv.query("SELECT obsid, status, attempts FROM extraction_runs ORDER BY obsid") == [
+        (a, "extracted", 2), (b, "extracted", 1)]
+    assert sigs_of(dbenv, a) == sigs_of(dbenv, b) and sigs_of(dbenv, a)
+    assert dbenv.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
+
+
+def test_bad_scene_timeout_is_one_line(dbenv, world):
+    env = extract_env(dbenv, world)
+    for value in ("0", "inf", "soon"):
+        proc = subprocess.run([sys.executable, "-m", "extractor.extract", "run", "--card", "s2", "--res", "10"],
+                              env={**os.environ, **env, "CBM_EXTRACT_SCENE_TIMEOUT": value}, capture_output=True,
+                              text=True, timeout=120)
+        assert_one_line_error(proc, "extract.scene_timeout", value, code=2)
+    proc = run_cbm("extract", "run", "--card", "s2", "--res", "10", env={**env, "CBM_EXTRACT_SCENE_TIMEOUT": "0"})
+    assert_one_line_error(proc, "extract.scene_timeout", "positive number of seconds", code=2)

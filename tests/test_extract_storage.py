@@ -18,15 +18,24 @@ Covered:
     results equal to the undisturbed folder run.
   * A band file really missing from the bucket is still final ('No band file'); the other scenes
     are extracted.
+  * A storage that hangs (a proxy in front of the server that accepts and never answers the
+    requests of one product): the worker gives the scene back at extract.scene_timeout (the attempt
+    counts) and exits 1 with one line, long before GDAL's own timeouts; a new worker extracts it.
+  * A lease stolen while the worker hangs in a read (the worker frozen past its lease, another
+    worker takes the scene over and extracts it): the first worker, thawed, drops the scene while
+    its read still hangs, writes nothing and goes on; the scene is done once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +324,114 @@ def test_band_missing_from_bucket_is_final(dbenv, world, s3, folder_results):
     got = only(results(dbenv), [("s2", 10)], refs)
     assert {r[3] for r in got["runs"]} == {"extracted"} and len(got["runs"]) == len(good)
     assert got == only(folder_results, [("s2", 10)], refs)
+
+
+# -- 5. a storage that hangs; a lease stolen during a hung read ------------------------------------
+class HangingProxy:
+    """A TCP proxy in front of the S3 server. While `hang` is set, a request that names it (the
+    product's folder name, in a listing's prefix or an object's key) is not passed on: its
+    connection stays open and nothing ever comes back, as from a hung server."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.hang: bytes | None = None
+        self.hung: list[socket.socket] = []
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and self.hang and self.hang in data:
+                    self.hung.append(src)
+                    return  # never passed on, never answered
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for s in [self.server, *self.sockets]:
+            s.close()
+
+
+@pytest.fixture
+def proxy(s3):
+    p = HangingProxy(s3.port)
+    yield p
+    p.close()
+
+
+def product_name(scene: Scene) -> bytes:
+    return scene.path.rstrip("/").rsplit("/", 1)[1].removesuffix(".SAFE").encode()
+
+
+def test_hung_storage_ends_the_scene_at_scene_timeout(dbenv, world, s3, proxy, folder_results):
+    scene = [s for s in world.scenes if s.card == "s2"][0]
+    init_db(dbenv, World(world.root, [scene]))
+    proxy.hang = product_name(scene)
+    t0 = time.monotonic()
+    proc = run_worker(s3_env(dbenv, world, s3, endpoint=proxy.endpoint(), scene_timeout=3), "s2", 10)
+    # back within the start-up plus the bound, where GDAL alone would wait 4 x 120 s per request
+    assert time.monotonic() - t0 < 120
+    assert proxy.hung, "the worker never asked for the product"
+    assert_one_line_error(proc, "did not return within extract.scene_timeout (3 s)", "given back", code=1)
+    assert dbenv.query("SELECT status, attempts, storage_faults, detail LIKE 'timeout: %%' FROM extraction_runs"
+                       ) == [("ingested", 1, 0, True)]
+    assert dbenv.query("SELECT count(*) FROM sigs") == [(0,)]
+    proxy.hang = None  # the storage answers again: the next worker (the swarm's restart) extracts it
+    again = run_worker(s3_env(dbenv, world, s3, endpoint=proxy.endpoint()), "s2", 10)
+    assert again.returncode == 0, again.stderr
+    assert dbenv.query("SELECT status, attempts FROM extraction_runs") == [("extracted", 2)]
+    refs = {scene.reference}
+    assert only(results(dbenv), [("s2", 10)], refs) == only(folder_results, [("s2", 10)], refs)
+
+
+def test_lease_stolen_during_a_hung_read(dbenv, world, s3, proxy, folder_results, tmp_path):
+    a, b = [s for s in world.scenes if s.card == "s2"][:2]
+    init_db(dbenv, World(world.root, [a, b]))
+    env = s3_env(dbenv, world, s3, endpoint=proxy.endpoint(), lease=3, poll=0.2)
+    proxy.hang = product_name(a)
+    first = start_worker(env, "s2", 10, tmp_path / "first")
+    try:
+        wait_for(lambda: proxy.hung, what="the first worker to hang in a read of scene A")
+        os.kill(first.pid, signal.SIGSTOP)   # frozen: its heartbeat stops, its lease runs out
+        wait_for(lambda: dbenv.query("SELECT lease_until < now() FROM extraction_runs")[0][0], timeout=30,
+                 what="the first worker's lease to expire")
+        proxy.hang = None
+        second = run_worker(env, "s2", 10)
+        assert second.returncode == 0, second.stderr
+        assert dbenv.query("SELECT count(*) FROM extraction_runs WHERE status = 'extracted'") == [(2,)]
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=60) == 0, (tmp_path / "first.err").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    out = (tmp_path / "first.out").read_text()
+    obsid = dbenv.query("SELECT id FROM dias_catalogue WHERE reference = %s", (a.reference,))[0][0]
+    new_owner = dbenv.query("SELECT owner FROM extraction_runs WHERE obsid = %s", (obsid,))[0][0]
+    assert f"scene {obsid} {a.reference}: the lease expired and worker {new_owner} took the scene over; " \
+           "nothing written" in out, out
+    assert "processed 0 scene(s)" in out, out
+    assert len(proxy.hung) == 1   # its read still hangs: the lease was looked at while it waited
+    assert dbenv.query("SELECT obsid, attempts FROM extraction_runs ORDER BY obsid") == [
+        (obsid, 2), (obsid + 1, 1)]
+    assert dbenv.query("SELECT count(*) = count(DISTINCT (obsid, pid, band)) FROM sigs") == [(True,)]
+    refs = {a.reference, b.reference}
+    assert only(results(dbenv), [("s2", 10)], refs) == only(folder_results, [("s2", 10)], refs)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-
+from types import SimpleNamespace
 
 from conftest import run_cbm, wait_for
 from extractor import settings as settings_mod
@@ -57,3 +57,41 @@ def test_follow_waits_for_a_restarting_database(tmp_path, monkeypatch):
     finally:
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_follow_asks_the_manager_again_when_ssh_fails(dbenv, monkeypatch):
+    """No progress and no live claim: the follower asks the manager about the tasks; SSH does not
+    answer (a closed port): it says so and keeps following, until the run is over."""
+    import socket
+
+    from fabric import Connection
+
+    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    dbenv.query("INSERT INTO dias_catalogue (obstime, reference, sensor, card, footprint) VALUES"
+                " ('2026-04-05', 'S1A_TEST_CARD_BS', '1A', 'bs', ST_Multi(ST_MakeEnvelope(10, 55, 11, 56, 4326)))")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # nothing listens there once released
+    manager = SimpleNamespace(manager_ssh=lambda timeout=10: Connection("127.0.0.1", port=port, connect_timeout=2))
+    monkeypatch.setattr(extraction, "STUCK_AFTER", 0.2)
+    settings = settings_mod.load(environ=dict(dbenv))
+    notes, result = [], {}
+
+    def run():
+        try:
+            result["row"] = extraction.follow(settings, manager, "bs", 10, "cbm-extract-bs-10", poll=0.1,
+                                              note=notes.append)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            result["error"] = exc
+
+    follower = threading.Thread(target=run, daemon=True)
+    follower.start()
+    wait_for(lambda: any("cannot ask the manager about cbm-extract-bs-10" in n for n in notes),
+             "the note that the manager did not answer")
+    assert follower.is_alive() and "error" not in result, result
+    dbenv.query("INSERT INTO extraction_runs (obsid, res, status, rows, finished_at)"
+                " SELECT id, 10, 'extracted', 3, now() FROM dias_catalogue;"
+                " UPDATE dias_catalogue SET status = 'extracted'")
+    follower.join(timeout=60)
+    assert not follower.is_alive() and "error" not in result, result
+    assert result["row"]["left"] == 0

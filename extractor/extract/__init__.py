@@ -3,6 +3,7 @@
 Modules by concern (docs/extraction.md has the rules they implement):
   cards.py      what each card/resolution run reads (bands, band codes, file layout) and the statuses
   claims.py     atomic claims with leases, attempts, per-resolution run records, catalogue status
+  guard.py      what stops a scene: its lease renewed and checked, its time bound, its storage calls
   storage.py    where the products are (mount, folder, S3), whether it answers, which failures are final
   vsi.py        GDAL's file-system calls rasterio does not expose (listing, stat, GDAL's VSI error)
   sources.py    locating band files in a product (listed, never guessed) and windowed reads

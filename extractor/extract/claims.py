@@ -6,11 +6,14 @@ not taken (no row, 'ingested', or 'inprogress' with an expired lease = a dead wo
   SELECT ... FOR UPDATE OF catalogue SKIP LOCKED LIMIT 1   (workers do not queue on each other)
   INSERT ... ON CONFLICT (obsid, res) DO UPDATE ... WHERE <still claimable>   (the real guard:
       two workers can never both get the row; the loser sees no row and tries the next scene)
-The claim commits at once; the worker keeps its lease alive with a heartbeat (Lease). Results
-and the run's final status commit together (writer + finish): finish() only succeeds while the
-claim is still ours, so a worker whose lease was taken over cannot write a second result.
-A run claimed max_attempts times without finishing gets 'Max attempts' (sweep_exhausted). A scene
-given back after a storage fault does not use up an attempt (storage_faults counts those).
+The claim commits at once; the worker keeps its lease alive with a heartbeat (renew, from
+guard.Guard), which also tells it when the run is not its own any more. Results and the run's
+final status commit together (writer + finish): finish() only succeeds while the claim is still
+ours, so a worker whose lease was taken over cannot write a second result.
+A run claimed max_attempts times without finishing gets 'Max attempts' (sweep_exhausted); a scene
+over extract.scene_timeout is given back with its attempt counted. A scene given back after a
+storage fault does not use up an attempt (storage_faults counts those), nor one interrupted by a
+lost database.
 
 dias_catalogue.status keeps the seed's story for existing CbM tools (sync_catalogue):
 'inprogress' while a run of the scene is claimed, 'ingested' while runs of its card remain,
@@ -25,13 +28,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from dataclasses import dataclass
 
-import psycopg2
 from psycopg2 import sql
 
-from extractor import db
 from extractor.db import table
 from extractor.extract import cards
 from extractor.extract.cards import EXTRACTED, FINAL_ERRORS, INGESTED, INPROGRESS, MAX_ATTEMPTS, NO_PARCELS
@@ -165,17 +165,19 @@ def finish(cur, settings, c: Claim, status: str, rows: int = 0, detail: str | No
                         " WHERE obsid = %s AND res = %s AND owner = %s AND status = %s").format(**t),
                 (status, rows, detail, c.obsid, c.res, c.owner, INPROGRESS))
     if cur.rowcount != 1:
-        raise LeaseLost(f"scene {c.obsid} run {c.res}: the lease expired and another worker took it over")
+        raise LeaseLost("the lease expired and another worker took the scene over")
     sync_catalogue(cur, settings, c.obsid, c.card)
 
 
-def release(conn, settings, c: Claim, detail: str, storage_fault: bool = False) -> None:
-    """Give the scene back (a failure that may pass): it is claimable again. Its attempts still
-    count, except after a storage fault: that is counted in storage_faults instead (the storage
-    failed, not the scene nor the worker; a long outage must not end in 'Max attempts')."""
+def release(conn, settings, c: Claim, detail: str, storage_fault: bool = False, attempt: bool = True) -> None:
+    """Give the scene back (a failure that may pass) if it is still ours: it is claimable again. Its
+    attempt counts, except after a storage fault (counted in storage_faults instead: the storage
+    failed, not the scene nor the worker; a long outage must not end in 'Max attempts') or with
+    attempt=False (the worker lost the database)."""
     t = _tables(settings)
-    counts = sql.SQL(", attempts = greatest(attempts - 1, 0), storage_faults = storage_faults + 1"
-                     if storage_fault else "")
+    counts = sql.SQL(", attempts = greatest(attempts - 1, 0)" if storage_fault or not attempt else "")
+    if storage_fault:
+        counts += sql.SQL(", storage_faults = storage_faults + 1")
     with conn:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("UPDATE {runs} SET status = %s, lease_until = NULL, detail = %s{counts}"
@@ -207,41 +209,20 @@ def sync_catalogue(cur, settings, obsid: int, card: str) -> None:
                 (status, obsid, status))
 
 
-class Lease:
-    """Keeps a claim's lease alive from a background thread (its own connection) until stopped."""
-
-    def __init__(self, settings, c: Claim):
-        self.settings, self.claim = settings, c
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{c.obsid}", daemon=True)
-
-    def __enter__(self) -> "Lease":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _beat(self) -> None:
-        lease = float(self.settings.extract.lease)
-        t = _tables(self.settings)
-        conn = None
-        try:
-            conn = db.connect(self.settings)
-            while not self._stop.wait(max(lease / 3.0, 0.2)):
-                with conn:
-                    with conn.cursor() as cur:
-                        cur.execute(sql.SQL("UPDATE {runs} SET lease_until = now() + make_interval(secs => %s)"
-                                            " WHERE obsid = %s AND res = %s AND owner = %s AND status = %s").format(**t),
-                                    (lease, self.claim.obsid, self.claim.res, self.claim.owner, INPROGRESS))
-                        if cur.rowcount != 1:
-                            self.lost.set()
-                            return
-        except (psycopg2.Error, Exception) as exc:  # noqa: BLE001 - the main thread reports DB loss itself
-            log.debug("lease heartbeat stopped: %s", exc)
-            self.lost.set()
-        finally:
-            if conn is not None:
-                conn.close()
+def renew(conn, settings, c: Claim, lease: float) -> str | None:
+    """Extend our lease by `lease` seconds; None when done, else why the run is not ours any more."""
+    t = _tables(settings)
+    with conn:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("UPDATE {runs} SET lease_until = now() + make_interval(secs => %s)"
+                                " WHERE obsid = %s AND res = %s AND owner = %s AND status = %s").format(**t),
+                        (lease, c.obsid, c.res, c.owner, INPROGRESS))
+            if cur.rowcount == 1:
+                return None
+            cur.execute(sql.SQL("SELECT owner, status FROM {runs} WHERE obsid = %s AND res = %s").format(**t),
+                        (c.obsid, c.res))
+            row = cur.fetchone()
+    owner, status = row if row else (None, None)
+    if owner != c.owner:
+        return f"the lease expired and worker {owner} took the scene over"
+    return f"the lease expired and the run is '{status}' now"

@@ -3,11 +3,14 @@
 Loop (`cbm extract run`): check that the storage answers (else exit with one line, nothing
 claimed), sweep runs that ran out of attempts, claim the oldest claimable scene, process it,
 repeat; when nothing is claimable, wait while other workers still hold live leases (one of them
-may die and its scene must be taken back), then exit 0. When the storage stops answering during a
-scene, the scene is given back (storage.StorageFault) and the worker waits for the storage with a
-backoff (extract.backoff, doubled up to 120 s) for at most extract.outage_wait seconds. When it
-loses the database (PostGIS restarting), the scene in progress is not written (its lease expires
-and it is claimed again) and the worker reconnects with the same backoff and bound.
+may die and its scene must be taken back), then exit 0. A scene runs under a guard.Guard: its
+lease is renewed, and the scene is dropped unwritten when the lease is not ours any more
+(LeaseLost) or given back when it takes longer than extract.scene_timeout (SceneTimeout; a storage
+call that does not return by then ends the worker, SceneStuck). When the storage stops answering
+during a scene, the scene is given back (storage.StorageFault) and the worker waits for the storage
+with a backoff (extract.backoff, doubled up to 120 s) for at most extract.outage_wait seconds. When
+it loses the database (PostGIS restarting), the scene in progress is not written; the worker
+reconnects with the same backoff and bound and gives that scene back (its attempt not counted).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +28,7 @@ from rasterio.windows import Window
 from extractor.errors import CbmError, UserError, one_line
 from extractor import db
 from extractor.db import table
-from extractor.extract import cards, claims, kernels, rasterize, sources, storage, writer
+from extractor.extract import cards, claims, guard, kernels, rasterize, sources, storage, writer
 from extractor.extract.cards import EXTRACTED, NO_PARCELS, SceneError
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Context:
     cache: rasterize.GridCache = field(default_factory=rasterize.GridCache)
     scene_memo: dict = field(default_factory=dict)
     done: int = 0   # scenes processed
+    current: claims.Claim | None = None   # the scene being processed (given back after a lost database)
 
 
 @dataclass
@@ -134,9 +137,11 @@ def scene_runs(ctx: Context, grid, grid_id: int, conn):
     return result
 
 
-def compute(ctx: Context, files, grid, grid_id, conn) -> tuple:
-    """Read the window under the parcels and compute; returns (pids, results) or None (no parcels)."""
+def compute(ctx: Context, files, grid, grid_id, conn, g: guard.Guard) -> tuple:
+    """Read the window under the parcels and compute; returns (pids, results) or None (no parcels).
+    The bands are read in the guard's reader thread, each waited for within the scene's bound."""
     prepared = scene_runs(ctx, grid, grid_id, conn)
+    g.check()
     if prepared is None:
         return None
     window, rows, cols, lens, upids, offsets = prepared
@@ -150,35 +155,36 @@ def compute(ctx: Context, files, grid, grid_id, conn) -> tuple:
         return img, time.perf_counter() - t0
 
     # decode the next band while the kernels work on this one
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(timed_read, files[0])
-        for i, f in enumerate(files):
-            img, dt_read = pending.result()
-            timing["read"] += dt_read
-            if i + 1 < len(files):
-                pending = pool.submit(timed_read, files[i + 1])
-            t0 = time.perf_counter()
-            if ctx.spec.histogram:
-                nclasses = max(int(img.max()) + 1, 1)
-                results.append((f.code, kernels.class_histograms(img, rows, cols, lens, offsets, nclasses)))
-            else:
-                results.append((f.code, kernels.zonal_stats(img, rows, cols, lens, offsets)))
-            timing["stats"] += time.perf_counter() - t0
-            del img
+    pending = g.submit(timed_read, files[0])
+    for i, f in enumerate(files):
+        img, dt_read = g.result(pending)
+        timing["read"] += dt_read
+        if i + 1 < len(files):
+            pending = g.submit(timed_read, files[i + 1])
+        t0 = time.perf_counter()
+        if ctx.spec.histogram:
+            nclasses = max(int(img.max()) + 1, 1)
+            results.append((f.code, kernels.class_histograms(img, rows, cols, lens, offsets, nclasses)))
+        else:
+            results.append((f.code, kernels.zonal_stats(img, rows, cols, lens, offsets)))
+        timing["stats"] += time.perf_counter() - t0
+        del img
     return upids, results, timing, window
 
 
-def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
-    """Extract one claimed scene run and commit its rows with its status (or an error status)."""
+def process(conn, ctx: Context, c: claims.Claim, g: guard.Guard) -> SceneResult:
+    """Extract one claimed scene run and commit its rows with its status (or an error status).
+    Storage calls run through the guard (the scene's bound, the lease looked at while they run)."""
     settings, spec = ctx.settings, ctx.spec
     t0 = time.perf_counter()
     storage.start_counting(settings)
     try:
-        files = sources.band_files(settings, spec, c.product_path)
-        grid = sources.open_grid(settings, files)
+        files = g.call(sources.band_files, settings, spec, c.product_path)
+        grid = g.call(sources.open_grid, settings, files)
         key = rasterize.grid_key(grid.crs, grid.transform)
         grid_id = rasterize.ensure_grid(conn, settings, ctx.source, key)
-        out = compute(ctx, files, grid, grid_id, conn)
+        g.check()
+        out = compute(ctx, files, grid, grid_id, conn, g)
     except SceneError as exc:
         _rollback(conn)
         try:
@@ -190,6 +196,7 @@ def process(conn, ctx: Context, c: claims.Claim) -> SceneResult:
             raise
         return SceneResult(exc.status, detail=exc.detail)
     t1 = time.perf_counter()
+    g.check_lease()  # read and computed: written unless the scene is not ours any more
     status, nrows, detail = NO_PARCELS, 0, "no parcel of the AOI has pixels in the scene"
     try:
         with conn.cursor() as cur:
@@ -230,7 +237,7 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 _close(conn)
                 out(f"lost the database {db.describe(settings)} ({one_line(exc, 200)}); a scene in progress "
-                    "was not written (it is claimed again once its lease expires)")
+                    "was not written (it is given back once the database answers)")
                 wait_out(settings, out, f"the database {db.describe(settings)}", lambda: _db_problem(settings))
                 conn = db.connect(settings)
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # while starting
@@ -245,7 +252,11 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
 def _scenes(conn, ctx: Context, once: bool, out) -> None:
     """Claim and process scenes until none is left (or one with `once`), counting them in ctx.done."""
     settings, x = ctx.settings, ctx.settings.extract
+    if ctx.current is not None:  # interrupted by a lost database: given back, its attempt not counted
+        claims.release(conn, settings, ctx.current, "given back: the worker lost the database", attempt=False)
+        ctx.current = None
     while not (once and ctx.done):
+        ctx.current = None  # (still set when a lost database ends this function)
         for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
             out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
         c = claims.claim(conn, settings, ctx.spec, ctx.filters, ctx.owner)
@@ -254,12 +265,25 @@ def _scenes(conn, ctx: Context, once: bool, out) -> None:
                 break
             time.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
             continue
-        with claims.Lease(settings, c):
+        ctx.current = c
+        with guard.Guard(settings, c) as g:
             try:
-                result = process(conn, ctx, c)
-            except claims.LeaseLost as exc:
+                result = process(conn, ctx, c, g)
+            except claims.LeaseLost as exc:  # the new owner has it: nothing to give back
                 _rollback(conn)
                 out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
+                continue
+            except guard.SceneStuck as exc:
+                _rollback(conn)
+                _try_release(settings, c, f"timeout: {exc}")
+                raise CbmError(f"scene {c.obsid} {c.reference}: {exc}; given back (attempt {c.attempts} of "
+                               f"{x.max_attempts}); the worker stops, as GDAL cannot be interrupted (the swarm "
+                               "starts a new one)") from None
+            except guard.SceneTimeout as exc:
+                _rollback(conn)
+                claims.release(conn, settings, c, f"timeout: {exc}")
+                out(f"scene {c.obsid} {c.reference}: given back, {exc} (attempt {c.attempts} of "
+                    f"{x.max_attempts})")
                 continue
             except storage.StorageFault as exc:
                 _rollback(conn)
