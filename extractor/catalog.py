@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from extractor import db
+from extractor import db, partitions
 from extractor.db import table, table_exists
 from extractor.errors import CbmError, UserError, one_line
 
@@ -307,6 +307,8 @@ def store(conn, settings, card: str, products: list[Product], stats: SyncStats) 
                 stats.by_sensor[p.sensor] = stats.by_sensor.get(p.sensor, 0) + 1
             else:
                 stats.known += 1
+        if stats.inserted:  # sigs/hists partitions for the new obsids (the workers cannot create them)
+            partitions.ensure_partitions(cur, settings)
 
 
 def best_per_scene(products: list[Product], stats: SyncStats) -> list[Product]:

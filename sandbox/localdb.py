@@ -39,6 +39,9 @@ def free_port() -> int:
 class LocalPostgis:
     """`with LocalPostgis() as pg:` starts a server; `pg.env()` has the PG* variables to reach it."""
 
+    # Throwaway data: no durability. A subclass that measures a deployment's server sets "" (bench/db.py).
+    server_options = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
     def __init__(self, root: str | Path | None = None, port: int | None = None, user: str = "postgres"):
         self._own_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="cbm-pg-"))
@@ -62,7 +65,7 @@ class LocalPostgis:
         log = self.root / "server.log"
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "60", "-o",
                  f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
-                 " -c fsync=off -c synchronous_commit=off -c full_page_writes=off", "start")
+                 f" {self.server_options}", "start")
         return self
 
     def stop(self) -> None:

@@ -3,6 +3,11 @@ from conftest import assert_one_line_error, run_cbm
 TABLES = {"aois", "dias_catalogue", "sigs", "hists", "extraction_runs"}
 
 
+def partitions(dbenv, parent="sigs"):
+    return {r[0] for r in dbenv.query("SELECT inhrelid::regclass::text FROM pg_inherits"
+                                      " WHERE inhparent = %s::regclass", (parent,))}
+
+
 def columns(dbenv, table):
     return dict(dbenv.query(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s"
@@ -23,8 +28,12 @@ def test_db_init_creates_seed_tables_and_is_idempotent(dbenv):
     for col in ("id", "obstime", "reference", "sensor", "card", "status", "footprint", "product_path"):
         assert col in cat
     indexes = {r[0] for r in dbenv.query("SELECT indexname FROM pg_indexes WHERE schemaname='public'")}
-    assert {"dias_catalogue_footprint_idx", "dias_catalogue_reference_idx", "sigs_bidx", "sigs_obsidx",
-            "sigs_pid", "hist_obsidx", "hist_pidx"} <= indexes
+    assert {"dias_catalogue_footprint_idx", "dias_catalogue_reference_idx", "sigs_pid_obsid", "hists_pid_obsid"} <= indexes
+    # sigs and hists: partitioned by obsid, a partition ready for the first catalogue ids and a default one
+    assert dbenv.query("SELECT relname, relkind FROM pg_class WHERE relname IN ('sigs', 'hists') ORDER BY 1") == \
+        [("hists", "p"), ("sigs", "p")]
+    assert partitions(dbenv) == {"sigs_obsid_0", "sigs_obsid_100", "sigs_default"}
+    assert partitions(dbenv, "hists") == {"hists_obsid_0", "hists_obsid_100", "hists_default"}
 
 
 def test_footprint_accepts_multipolygon(dbenv):
@@ -67,3 +76,104 @@ def test_password_file_readable_by_others_is_refused(dbenv, tmp_path):
     secret.chmod(0o644)
     proc = run_cbm("db", "init", env={**dbenv, "CBM_DB_PASSWORD_FILE": str(secret)})
     assert_one_line_error(proc, "chmod 600", code=2)
+
+
+SEED_SIGS = """
+CREATE TABLE dias_catalogue (id serial primary key, obstime timestamp not null, reference varchar(120) not null,
+  sensor char(2) not null, card char(2) not null, status varchar(24) default 'ingested' not null,
+  footprint geometry(Polygon,4326));
+CREATE TABLE sigs (pid integer, obsid integer, band character(3), count real, mean real, std real,
+  min real, max real, p25 real, p50 real, p75 real);
+CREATE INDEX sigs_bidx ON sigs USING btree (band);
+CREATE INDEX sigs_obsidx ON sigs USING btree (obsid);
+CREATE INDEX sigs_pid ON sigs USING btree (pid);
+CREATE TABLE hists (pid integer, obsid integer, hist json);
+CREATE INDEX hist_obsidx ON hists USING btree (obsid);
+CREATE INDEX hist_pidx ON hists USING btree (pid);
+"""
+SIGS_DIGEST = "SELECT count(*), md5(string_agg(s::text, ',' ORDER BY pid, obsid, band)) FROM sigs s"
+HISTS_DIGEST = "SELECT count(*), md5(string_agg(h::text, ',' ORDER BY pid, obsid)) FROM hists h"
+
+
+def seed_database(dbenv):
+    """A database made by the seed's SQL (its tables and indexes), with extracted rows."""
+    dbenv.query(SEED_SIGS)
+    dbenv.query("INSERT INTO dias_catalogue (obstime, reference, sensor, card) SELECT now(), 'r' || g, '2A', 's2'"
+                " FROM generate_series(1, 130) g")
+    dbenv.query("INSERT INTO sigs SELECT p, o, b, p % 7, o * 1.5, 2, 3, 4, 5, 6, 7 FROM generate_series(1, 40) p,"
+                " generate_series(1, 130, 3) o, unnest(ARRAY['B04', 'B08', 'VVb']) b")
+    dbenv.query("INSERT INTO hists SELECT p, o, json_build_object('4', p, '9', o) FROM generate_series(1, 40) p,"
+                " generate_series(1, 130, 3) o")
+    dbenv.query("DO $$ BEGIN CREATE ROLE cbm_test_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    dbenv.query("GRANT SELECT ON sigs TO cbm_test_reader")
+
+
+def test_seed_layout_database_is_upgraded_in_place(dbenv):
+    seed_database(dbenv)
+    before = dbenv.query(SIGS_DIGEST), dbenv.query(HISTS_DIGEST)
+    dry = run_cbm("db", "init", "--dry-run", env=dbenv)
+    assert dry.returncode == 0, dry.stderr
+    # the steps, their locks and durations; nothing changed
+    assert "build index sigs_legacy_pid_obsid" in dry.stdout and "ACCESS EXCLUSIVE on sigs" in dry.stdout
+    assert "SHARE UPDATE EXCLUSIVE on hists: reads and COPY go on" in dry.stdout and "about" in dry.stdout
+    assert dbenv.query("SELECT relkind FROM pg_class WHERE relname = 'sigs'") == [("r",)]
+    assert dbenv.query("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%legacy%'") == [(0,)]
+
+    proc = run_cbm("db", "init", env=dbenv)
+    assert proc.returncode == 0, proc.stderr
+    assert "upgrade 8/8" in proc.stdout
+    assert (dbenv.query(SIGS_DIGEST), dbenv.query(HISTS_DIGEST)) == before
+    assert dbenv.query("SELECT relkind FROM pg_class WHERE relname = 'sigs'") == [("p",)]
+    assert partitions(dbenv) == {"sigs_legacy", "sigs_default"}   # the legacy one covers obsid < 300
+    assert "hists_legacy" in partitions(dbenv, "hists")
+    indexes = {r[0] for r in dbenv.query("SELECT indexname FROM pg_indexes WHERE tablename = 'sigs_legacy'")}
+    assert indexes == {"sigs_legacy_pid_obsid"}   # the seed's (pid), (obsid), (band) are gone
+    assert dbenv.query("SELECT has_table_privilege('cbm_test_reader', 'sigs', 'SELECT')") == [(True,)]
+    # one parcel's rows come from the (pid, obsid) index
+    plan = "\n".join(r[0] for r in dbenv.query("EXPLAIN SELECT * FROM sigs WHERE pid = 7"))
+    assert "sigs_legacy_pid_obsid" in plan, plan
+
+    again = run_cbm("db", "init", "--dry-run", env=dbenv)
+    assert "nothing to upgrade" in again.stdout
+    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    assert (dbenv.query(SIGS_DIGEST), dbenv.query(HISTS_DIGEST)) == before
+
+
+def test_upgrade_refuses_rows_without_obsid(dbenv):
+    seed_database(dbenv)
+    dbenv.query("INSERT INTO sigs (pid, obsid, band) VALUES (1, NULL, 'B04')")
+    proc = run_cbm("db", "init", env=dbenv)
+    assert_one_line_error(proc, "no obsid", "obsid IS NULL", code=2)
+    assert dbenv.query("SELECT count(*) FROM sigs WHERE obsid IS NULL") == [(1,)]
+    dbenv.query("DELETE FROM sigs WHERE obsid IS NULL")
+    proc = run_cbm("db", "init", env=dbenv)   # resumes: the index built before is kept
+    assert proc.returncode == 0, proc.stderr
+    assert "build index sigs_legacy" not in proc.stdout and "upgrade 1/6: validate that CHECK on sigs" in proc.stdout
+    assert dbenv.query("SELECT relkind FROM pg_class WHERE relname = 'sigs'") == [("p",)]
+
+
+def test_partitions_follow_the_catalogue(dbenv):
+    import datetime as dt
+
+    from extractor import catalog
+    from extractor import settings as settings_mod
+
+    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    assert partitions(dbenv) == {"sigs_obsid_0", "sigs_obsid_100", "sigs_default"}
+    # rows of an obsid beyond the partitions (a catalogue row added by another tool) go to the default one
+    dbenv.query("INSERT INTO sigs (pid, obsid, band) VALUES (1, 250, 'B04'), (2, 450, 'B08')")
+    settings = settings_mod.load(environ={})
+    square = '{"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}'
+    products = [catalog.Product(f"S1A_IW_GRDH_{i:04d}", dt.datetime(2024, 5, 1) + dt.timedelta(hours=i),
+                                "1A", None, square, None) for i in range(260)]
+    conn = dbenv.conn()
+    conn.autocommit = False
+    catalog.store(conn, settings, "bs", products, catalog.SyncStats())
+    conn.commit()
+    assert dbenv.query("SELECT max(id) FROM dias_catalogue") == [(260,)]
+    names = partitions(dbenv)
+    assert {"sigs_obsid_200", "sigs_obsid_300"} <= names and "sigs_obsid_400" not in names
+    assert {"hists_obsid_200", "hists_obsid_300"} <= partitions(dbenv, "hists")
+    # the default partition's row of obsid 250 moved into its partition; 450 waits in the default
+    assert dbenv.query("SELECT tableoid::regclass::text, obsid FROM sigs ORDER BY obsid") == \
+        [("sigs_obsid_200", 250), ("sigs_default", 450)]

@@ -6,15 +6,30 @@ from __future__ import annotations
 from cbm import context
 from cbm.cli import add_command, add_group
 from cbm.terminal import confirm, live
-from extractor import db, schema
+from extractor import db, partitions, schema
 from provision.ops import backup
 from provision.ops.backup import human_size
 
 
 def cmd_init(args) -> int:
     s = context.settings(args)
+    if args.dry_run:
+        with db.session(s) as conn, conn.cursor() as cur:
+            for line in partitions.describe(partitions.plan(cur, s)):
+                print(line)
+        print("then: create or update the other tables, indexes and the partitions ahead of the catalogue "
+              "(short locks; COPY and reads go on)")
+        return 0
     with db.session(s) as conn:
         schema.init_schema(conn, s)
+    conn = db.connect(s)
+    try:
+        upgraded = partitions.upgrade(conn, s, report=lambda line: print(line, flush=True))
+    finally:
+        conn.close()
+    if upgraded:  # the new partitioned tables: partitions ahead, the grants of init_schema
+        with db.session(s) as conn:
+            schema.init_schema(conn, s)
     print(f"schema ready in {db.describe(s)} (schema {s.db.schema})")
     return 0
 
@@ -38,7 +53,10 @@ def cmd_restore(args) -> int:
 def register(sub):
     """Add the `cbm db` group and its commands; returns the group's subparsers."""
     group = add_group(sub, "db", "the CbM database: schema, backups")
-    add_command(group, "init", cmd_init, "create or update the CbM tables (idempotent)")
+    p = add_command(group, "init", cmd_init, "create or update the CbM tables (idempotent; upgrades a "
+                    "seed-layout sigs/hists in place to the partitioned layout)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the upgrade steps, the locks they take and how long, and change nothing")
     p = add_command(group, "backup", cmd_backup, "dump the database to a file on this machine (pg_dump -Fc)")
     p.add_argument("spec", metavar="SPEC", nargs="?",
                    help="deployment spec (default: --deployment, $CBM_DEPLOYMENT, else the database of the settings)")
