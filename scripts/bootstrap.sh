@@ -11,11 +11,12 @@ SUDO=""
 
 # System packages: PostGIS (server for the local/test database, client tools), Docker Engine
 # (sandbox hosts, swarm), debootstrap (base images: nothing can be pulled here), GDAL CLI tools,
-# rsync/ssh for Ansible, iproute2 and kmod/util-linux for loop devices.
+# rsync/ssh for Ansible, iproute2 and kmod/util-linux for loop devices, fdisk (sfdisk: the tests'
+# partitioned disk).
 APT_PACKAGES=(
   postgresql-15 postgresql-15-postgis-3 postgresql-client-15
   docker.io debootstrap gdal-bin rsync openssh-client
-  iproute2 util-linux e2fsprogs kmod make python3-venv ca-certificates
+  iproute2 util-linux fdisk e2fsprogs kmod make python3-venv ca-certificates
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

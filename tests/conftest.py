@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,3 +140,7 @@ def live_deployment(sandbox, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     left = dep.cloud_leftovers()
     assert not left, f"cbm down left resources of the deployment in the cloud: {left}"
+    # without --keep-volume, down dumped the database into the state folder first
+    dump = re.search(r"^backup: (\S+) \(", proc.stdout, re.M)
+    assert dump and Path(dump.group(1)).parent == dep.state / "backups", proc.stdout
+    assert Path(dump.group(1)).read_bytes()[:5] == b"PGDMP", proc.stdout

@@ -156,7 +156,8 @@ def cluster(tmp_path_factory):
         sh("truncate", "-s", "2G", str(image))
         loop = sh("losetup", "-f", "--show", str(image)).stdout.strip()
         st = os.stat(loop)
-        hostimage.add_block_device(names["cfgtest-manager"], "/dev/vdb", os.major(st.st_rdev), os.minor(st.st_rdev))
+        hostimage.add_block_device(names["cfgtest-manager"], "/dev/vdb", os.major(st.st_rdev), os.minor(st.st_rdev),
+                                   serial="test-volume")   # /dev/disk/by-id/virtio-test-volume, as on OpenStack
         for ip in ips.values():
             hostimage.wait_for_ssh(ip)
         preseed_docker(names["cfgtest-worker-2"])
@@ -249,6 +250,17 @@ def test_cold_run_configures_everything(cluster):
         cluster.connect(password=None)
     hba = on_host(manager, "cat /etc/cbm/postgis/conf/pg_hba.conf")
     assert not re.search(r"^host\S*\s.*\btrust\b", hba, re.M) and "scram-sha-256" in hba
+    # Private: published on the manager's private address only; the private network logs in with the
+    # password, the spec's ingress.db (172.16.0.0/12) over TLS only, with the self-signed certificate.
+    ip = cluster.ips[cluster.manager]
+    assert on_host(manager, "docker port cbm-postgis 5432/tcp").split() == [f"{ip}:{DB_PORT}"]
+    assert "0.0.0.0/0" not in hba and "::/0" not in hba
+    assert re.search(r"^hostssl\s+all\s+all\s+172\.16\.0\.0/12\s+scram-sha-256$", hba, re.M), hba
+    with cluster.connect(sslmode="require") as conn, conn.cursor() as cur:
+        cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert cur.fetchone() == (True,)
+        cur.execute("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'cbm_worker'")
+        assert cur.fetchone() == (True, False)
 
     # The password: 0600 on the controller, never in the output or the run's files.
     password_file = Path(cluster.env["XDG_STATE_HOME"]) / "cbm" / NAME / "db_password"
@@ -348,14 +360,45 @@ def test_wrong_ssh_key_is_named(cluster):
 
 def test_missing_volume_is_named(cluster):
     def edit(spec, inv):
-        inv["all"]["children"]["manager"]["hosts"]["cfgtest-manager"]["cbm_data_device"] = "/dev/vdz"
+        inv["all"]["children"]["manager"]["hosts"]["cfgtest-manager"]["cbm_data_volume_id"] = "no-such-volume"
     proc, _ = cluster.configure(variant(cluster, "novolume", edit))
-    err = assert_one_line_error(proc, "cfgtest-manager", "data_volume", "/dev/vdz", "not attached")
+    err = assert_one_line_error(proc, "cfgtest-manager", "data_volume", "no-such-volume", "not attached",
+                                "/dev/disk/by-id/virtio-no-such-volume")
     assert proc.returncode == 2            # ansible-playbook's "a host failed"
     artifacts = Path(re.search(r"run artifacts: (\S+)\)", err).group(1))
     assert (artifacts / "job_events").is_dir()
     manager = cluster.containers[cluster.manager]
     assert on_host(manager, "findmnt -n -o SOURCE --mountpoint /data | tail -n 1") == "/dev/vdb"     # nothing undone
+
+
+def test_partitioned_disk_is_refused_not_formatted(cluster):
+    """A volume whose disk has a partition table (someone's data) is never formatted: the run stops in
+    the preflight, before any host changes, naming the volume and what is on it."""
+    from sandbox.cloud import hostimage
+
+    manager = cluster.containers[cluster.manager]
+    image = cluster.root / "partitioned.img"
+    sh("truncate", "-s", "64M", str(image))
+    sh("sfdisk", "-q", str(image), input="label: gpt\n,,L\n")
+    table = sh("sfdisk", "-d", str(image)).stdout
+    loop = sh("losetup", "-f", "--show", str(image)).stdout.strip()
+    try:
+        st = os.stat(loop)
+        hostimage.add_block_device(manager, "/dev/vdc", os.major(st.st_rdev), os.minor(st.st_rdev),
+                                   serial="partitioned-volume")
+
+        def edit(spec, inv):
+            inv["all"]["children"]["manager"]["hosts"]["cfgtest-manager"]["cbm_data_volume_id"] = "partitioned-volume"
+        proc, _ = cluster.configure(variant(cluster, "partitioned", edit))
+        assert_one_line_error(proc, "cfgtest-manager", "partitioned-volume", "gpt partition table",
+                              "not formatting", code=2)
+        assert {h: s["changed"] for h, s in summary(proc.stdout).items()} == {h: 0 for h in cluster.containers}
+    finally:
+        hostimage.remove_block_device(manager, "/dev/vdc")
+        sh("losetup", "-d", loop, check=False)
+    probe = sh("blkid", "-p", "-o", "export", str(image), check=False).stdout
+    assert sh("sfdisk", "-d", str(image)).stdout == table
+    assert "PTTYPE=gpt" in probe and not re.search(r"^TYPE=", probe, re.M), probe
 
 
 def test_port_taken_is_named(cluster):

@@ -9,6 +9,7 @@ around, up again with the data intact, down to nothing. A second, smaller deploy
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -138,6 +139,8 @@ def test_up_from_nothing_then_up_again_changes_nothing(dep, foreign):
     ours = [v for v in owned["volumes"] if v.id != foreign["volume"].id]
     assert len(ours) == 1 and ours[0].status == "in-use"
     assert [a["server_id"] for a in ours[0].attachments] == [manager.id]
+    # marked once attached (the UTC time): from now on it may hold data (see the errored-volume test)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ours[0].metadata["cbm-attached"]), ours[0].metadata
     (fip,) = owned["floating_ips"]
     assert fip.port_id in {p.id for p in owned["ports"] if p.device_id == manager.id}
     group = next(g for g in owned["security_groups"] if g.id not in (foreign["sg"].id, foreign["sg2"].id))
@@ -166,9 +169,13 @@ def test_ssh_with_the_generated_key_into_every_server(dep):
     assert len(commands) == 3
     for host in commands:
         assert dep.ssh(host, "hostname").strip() == host
-    device = inv["children"]["manager"]["hosts"][f"{dep.prefix}-manager"]["cbm_data_device"]
+    manager = inv["children"]["manager"]["hosts"][f"{dep.prefix}-manager"]
+    device = manager["cbm_data_device"]
     assert device.startswith("/dev/")
     dep.ssh(f"{dep.prefix}-manager", f"test -b {device}")
+    # as on OpenStack with virtio: the disk is also named by the volume id (its first 20 characters)
+    by_id = f"/dev/disk/by-id/virtio-{manager['cbm_data_volume_id'][:20]}"
+    assert dep.ssh(f"{dep.prefix}-manager", f"readlink -f {by_id}").strip() == device
     # the data volume, formatted and written as the configuration would
     dep.ssh(f"{dep.prefix}-manager", f"sudo mkfs.ext4 -q -F {device} && sudo mount {device} /mnt && "
                                      "echo precious | sudo tee /mnt/marker >/dev/null && sudo umount /mnt")
@@ -240,7 +247,19 @@ def test_down_keep_volume_then_up_finds_the_files(dep, foreign):
 
 
 def test_down_leaves_nothing_of_the_deployment_and_spares_look_alikes(dep, foreign):
-    dep.cbm("down", "--yes")
+    # A configured deployment (it has a database password) whose database cannot be reached: the backup
+    # that `down` takes first fails, and nothing is deleted; --no-backup goes ahead without one.
+    password = dep.state / "db_password"
+    password.write_text("not-a-real-password")
+    password.chmod(0o600)
+    count = {kind: len(items) for kind, items in dep.owned().items()}
+    err = assert_one_line_error(dep.cbm("down", "--yes", check=False), "backup failed", "nothing was deleted",
+                                "--no-backup", code=1)
+    assert "not-a-real-password" not in err
+    assert {kind: len(items) for kind, items in dep.owned().items()} == count
+    proc = dep.cbm("down", "--yes", "--no-backup")
+    assert "backup skipped (--no-backup)" in proc.stdout
+    assert not (dep.state / "backups").exists() or not list((dep.state / "backups").iterdir())
     owned = dep.owned()
     assert not owned["servers"] and not owned["ports"] and not owned["floating_ips"] and not owned["keypairs"]
     assert {g.id for g in owned["security_groups"]} == {foreign["sg"].id, foreign["sg2"].id}
@@ -287,8 +306,9 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     sandbox.inject(kind="server.create", mode="timeout", seconds=6)
     assert_failed_clearly(small.cbm("up", check=False), "creating server", "timed out", "run the command again")
 
-    # down after a failed up leaves nothing
-    small.cbm("down", "--yes")
+    # down after a failed up leaves nothing; never configured, it has no database to back up
+    proc = small.cbm("down", "--yes")
+    assert "nothing to back up" in proc.stdout and "never configured" in proc.stdout
     assert not any(small.owned().values()), small.owned()
 
     sandbox.inject(kind="fip.create", mode="quota")
@@ -310,7 +330,7 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     plan = small.cbm("plan").stdout
     replaced = [line for line in plan.splitlines() if "replace" in line]
     assert len(replaced) == 2, plan
-    assert "volume" in replaced[0] and "in state error" in replaced[0]
+    assert "volume" in replaced[0] and "in state error, never attached" in replaced[0]
     assert "server" in replaced[1] and "in state ERROR: No valid host" in replaced[1]
     proc = small.cbm("up")
     assert "replace server" in proc.stderr and "replace volume" in proc.stderr
@@ -326,6 +346,34 @@ def test_faults_fail_clearly_and_a_second_up_converges(small, sandbox):
     assert sandbox.faults() == [], "every injected fault was met"
     assert small.cbm("up").stdout.startswith("No changes")
     assert small.ssh(f"{small.prefix}-worker-1", "hostname").strip() == f"{small.prefix}-worker-1"
+
+
+def test_an_errored_volume_that_was_attached_is_replaced_only_when_asked(sandbox, tmp_path):
+    """Cinder can leave a volume that holds data in state error: `cbm up` never deletes a volume that was
+    ever attached (its mark) unless told to with --replace-volume."""
+    d = Deployment(sandbox, tmp_path, "tpv", workers=0)
+    try:
+        d.cbm("up")
+        (vol,) = d.owned()["volumes"]
+        d.cbm("down", "--keep-volume", "--yes")     # detached: only the mark says it held data
+        d.conn.block_storage.reset_volume_status(vol, status="error")
+        assert d.conn.block_storage.get_volume(vol.id).attachments == []
+
+        err = assert_one_line_error(d.cbm("up", check=False), f"volume cbm-tpv-data ({vol.id})", "state error",
+                                    "was attached", f"cbm up {d.spec} --replace-volume", code=2)
+        assert "data is lost" in err
+        assert not d.owned()["servers"] and not d.owned()["keypairs"], "up stopped before changing anything"
+        assert [(v.id, v.status) for v in d.owned()["volumes"]] == [(vol.id, "error")]
+        plan = d.cbm("plan").stdout
+        assert re.search(r"replace\s+volume\s+cbm-tpv-data .*was attached.*--replace-volume", plan), plan
+
+        proc = d.cbm("up", "--replace-volume")
+        assert "replace volume cbm-tpv-data" in proc.stderr and "data is lost" in proc.stderr
+        (new,) = d.owned()["volumes"]
+        assert new.id != vol.id and new.status == "in-use" and new.metadata["cbm-attached"] != "no"
+        assert d.cbm("up").stdout.startswith("No changes")
+    finally:
+        run_cbm("down", "--yes", str(d.spec), env=d.env)
 
 
 def test_spec_changes_converge(small):

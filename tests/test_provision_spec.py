@@ -202,8 +202,10 @@ def test_inventory_is_what_ansible_reads(isolated, tmp_path):
     assert sorted(inv["workers"]["hosts"]) == ["cbm-rehearsal-worker-1", "cbm-rehearsal-worker-2"]
     m = inv["_meta"]["hostvars"]["cbm-rehearsal-manager"]
     w = inv["_meta"]["hostvars"]["cbm-rehearsal-worker-2"]
-    assert (m["ansible_host"], m["cbm_data_device"], m["cbm_db_port"], m["ansible_user"]) == \
-        ("192.0.2.7", "/dev/vdb", 11039, "eouser")
+    assert (m["ansible_host"], m["cbm_data_volume_id"], m["cbm_db_port"], m["ansible_user"]) == \
+        ("192.0.2.7", "vol-1", 11039, "eouser")
+    # the key the base role always keeps in authorized_keys (besides the spec's extra keys)
+    assert w["cbm_deployment_public_key"] == DeploymentFiles("rehearsal").read_public_key()
     assert (w["ansible_host"], w["private_ip"], w["cbm_deployment"]) == ("10.0.0.12", "10.0.0.12", "rehearsal")
     key = Path(m["ansible_ssh_private_key_file"])
     assert key.parent == Path(isolated["XDG_STATE_HOME"]) / "cbm" / "rehearsal" and key.exists()

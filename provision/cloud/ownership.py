@@ -6,6 +6,10 @@
   floating IPs     the create call (tags need a second call; the description covers a failure in between)
   volumes          metadata cbm-deployment=<name> (volumes have no tags; metadata is filtered client-side,
                    since the SDK's server-side metadata filter does not work against cinder)
+  (data volume)    metadata cbm-attached: "no" in the create call, the UTC time of the first attachment
+                   once `up` attached it or saw it attached. A volume that was ever attached may hold data:
+                   `up` never deletes it without --replace-volume (a volume without the mark counts as
+                   attached: only a volume provably never attached is replaced without asking)
   keypair          no tags in nova: ours when its public key is the deployment's local public key (the
                    caller reads it; this layer touches no local file)
 """
@@ -19,6 +23,8 @@ from openstack import exceptions as os_exc
 from provision.cloud.connection import api
 
 OWNER_KEY = "cbm-deployment"
+ATTACHED_KEY = "cbm-attached"
+NEVER_ATTACHED = "no"
 
 
 def owner_tag(spec) -> str:
@@ -45,6 +51,11 @@ def owns_server(spec, server) -> bool:
 
 def owns_volume(spec, volume) -> bool:
     return (volume.metadata or {}).get(OWNER_KEY) == spec.name
+
+
+def was_attached(volume) -> bool:
+    """Whether the volume may hold data: attached now, marked as attached once, or without the mark."""
+    return bool(volume.attachments) or (volume.metadata or {}).get(ATTACHED_KEY) != NEVER_ATTACHED
 
 
 @dataclass

@@ -73,6 +73,8 @@ def render(spec, hosts: list, manager_ip: str, data_device: str | None, volume_i
     for host in hosts:
         entry = {"private_ip": host.private_ip, "cbm_server_id": host.server_id}
         if host.role == "manager":
+            # The role finds the volume's disk by its id (/dev/disk/by-id); the device name Nova reports
+            # is only a hint that guests do not honour, kept for people reading the inventory.
             entry.update(ansible_host=manager_ip, ansible_ssh_common_args=common,
                          cbm_data_device=data_device, cbm_data_volume_id=volume_id)
             manager_hosts[host.name] = entry
@@ -92,6 +94,8 @@ def render(spec, hosts: list, manager_ip: str, data_device: str | None, volume_i
             "cbm_manager_public_ip": manager_ip,
             "cbm_manager_private_ip": manager_private,
             "cbm_extra_authorized_keys": list(spec.extra_authorized_keys),
+            # kept in authorized_keys by the base role, which allows exactly it and the extra keys
+            "cbm_deployment_public_key": files.read_public_key(),
         },
         "children": {
             "manager": {"hosts": manager_hosts},
