@@ -28,10 +28,15 @@ COMMAND_MODULES = {
     "cbm.commands.upgrade": ("upgrade",),
     "cbm.commands.config": ("config",),
     "cbm.commands.db": ("db",),
+    "cbm.commands.maintain": ("maintain",),
     "cbm.commands.parcels": ("parcels",),
     "cbm.commands.aoi": ("aoi",),
     "cbm.commands.catalog": ("catalog",),
+    "cbm.commands.order": ("order",),
     "cbm.commands.extract": ("extract",),
+    "cbm.commands.schedule": ("schedule",),
+    "cbm.commands.timeseries": ("timeseries",),
+    "cbm.commands.fleet": ("fleet",),
 }
 
 

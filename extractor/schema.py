@@ -5,7 +5,9 @@ Tables keep the seed's names, columns and types so existing CbM tools keep readi
   dias_catalogue(id, obstime, reference, sensor, card, status, footprint)
   sigs(pid, obsid, band, count, mean, std, min, max, p25, p50, p75)
   hists(pid, obsid, hist json)
-Differences from the seed, all additive:
+Differences from the seed (all but the layout additive):
+  * sigs and hists are partitioned by obsid range, indexed on (pid, obsid) instead of the seed's
+    (pid), (obsid), (band) (extractor/partitions.py; a seed database is upgraded in place).
   * dias_catalogue.footprint is MultiPolygon (real S1 replies have MultiPolygons); a seed
     database with a Polygon column is converted in place (ST_Multi).
   * dias_catalogue.card is varchar(3) (the seed's char(2) cannot hold 'c12'; a seed database
@@ -21,6 +23,9 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
+from extractor import grants, partitions
+from extractor import orders
+from extractor import schedule
 from extractor.db import table
 from extractor.settings import Settings
 
@@ -67,16 +72,6 @@ def statements(settings: Settings) -> list[sql.Composable]:
         sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} USING btree (reference)").format(ix("reference_idx"), t["catalogue"]),
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (card, status, obstime)").format(ix("card_status_idx"), t["catalogue"]),
         sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (pid integer, obsid integer, band character(3),"
-            " count real, mean real, std real, min real, max real, p25 real, p50 real, p75 real)"
-        ).format(t["sigs"]),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (band)").format(ix("bidx", "sigs"), t["sigs"]),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (obsid)").format(ix("obsidx", "sigs"), t["sigs"]),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (pid)").format(sql.Identifier(f"{names['sigs']}_pid"), t["sigs"]),
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} (pid integer, obsid integer, hist json)").format(t["hists"]),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (obsid)").format(sql.Identifier("hist_obsidx" if names["hists"] == "hists" else f"{names['hists']}_obsidx"), t["hists"]),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree (pid)").format(sql.Identifier("hist_pidx" if names["hists"] == "hists" else f"{names['hists']}_pidx"), t["hists"]),
-        sql.SQL(
             "CREATE TABLE IF NOT EXISTS {runs} ("
             " obsid integer NOT NULL REFERENCES {cat} (id) ON DELETE CASCADE,"
             " res smallint NOT NULL,"
@@ -122,3 +117,12 @@ def init_schema(conn, settings: Settings) -> None:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db.schema)))
         for stmt in statements(settings):
             cur.execute(stmt)
+        # sigs and hists: partitioned by obsid (extractor/partitions.py); tables of the seed's layout
+        # are left as they are here and upgraded by `cbm db init` (partitions.upgrade)
+        for key in partitions.KEYS:
+            if partitions.relkind(cur, settings, partitions.base(settings, key)) != "r":
+                partitions.create_parent(cur, settings, key)
+        partitions.ensure_partitions(cur, settings)
+        orders.create_table(cur, settings)  # s1_orders: CARD orders (extractor/orders.py)
+        schedule.create_tables(cur, settings)  # the continuous mode's schedule and runs (extractor/schedule)
+        grants.apply(cur, settings)  # the workers' role and its privileges (extractor/grants.py)

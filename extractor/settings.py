@@ -20,6 +20,7 @@ CBM_S3_SECRET_KEY; `cbm config show` masks them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -41,6 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "password_file": None, # file with the password only, mode 0600
         "schema": "public",
         "connect_timeout": 10,
+        "worker_user": "cbm_worker",   # the extraction workers' role, made by `cbm db init` (extractor/grants.py)
+        "worker_password_file": None,  # its password (0600): `cbm db init` sets it; none: the role cannot log in
     },
     "tables": {
         "aois": "aois",
@@ -70,6 +73,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "path_style": True,
         "https": True,
     },
+    "odp": {                   # CARD on demand: the CDSE On-Demand Production API (extractor/odp.py)
+        "url": "https://odp.dataspace.copernicus.eu/odata/v1",
+        "token_url": "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token",
+        "credentials_file": None,  # YAML {username, password, totp_secret?}, mode 0600 (or CDSE_* variables)
+        "batch_size": 25,      # inputs per batch order
+        "timeout": 60,         # seconds per request
+        "retries": 5,          # for HTTP 429 / 503 / timeouts
+        "backoff": 2.0,        # seconds, doubled per retry (a Retry-After header wins)
+    },
     "extract": {               # the extraction workers (extractor/extract, docs/extraction.md)
         "aoi": None,           # AOI name in the aois table (or --aoi)
         "parcels": None,       # parcel table (or --parcels)
@@ -81,6 +93,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threads": "ALL_CPUS", # GDAL_NUM_THREADS for decoding
         "backoff": 5.0,        # seconds a worker waits after a storage fault (doubled up to 120 s)
         "outage_wait": 3600,   # seconds a worker waits for its storage or database to answer again before it exits
+        "scene_timeout": 3600.0,  # seconds one scene may take from its claim (a full S2 tile at 10 m: minutes)
         "s2_runs": "-1,10,20", # the runs that make an s2 scene 'extracted'
         "s2_scl_band": "SCL",
         "s2_10_bands": "B02,B03,B04,B08",
@@ -216,12 +229,20 @@ def check_identifier(name: str, what: str) -> str:
 
 def _validate(settings: Settings, origin: str) -> None:
     check_identifier(settings.db.schema, f"{origin}: db.schema")
+    worker = settings.db.worker_user
+    if not IDENT.match(worker or "") or worker.lower().startswith("pg_") or worker.lower() == "postgres":
+        raise UserError(f"{origin}: db.worker_user {worker!r} is not a valid name for the workers' role; use "
+                        "letters, digits and _ (max 63), not postgres nor a name starting with pg_")
     for key, name in vars(settings.tables).items():
         check_identifier(name, f"{origin}: tables.{key}")
     if not 1 <= settings.catalog.page_size <= 2000:
         raise UserError(f"{origin}: catalog.page_size must be between 1 and 2000 (the API's limit)")
     if settings.db.port is not None and not 0 < settings.db.port < 65536:
         raise UserError(f"{origin}: db.port {settings.db.port} is not a TCP port; fix db.port")
+    timeout = settings.extract.scene_timeout
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"{origin}: extract.scene_timeout {timeout:g} is not a positive number of seconds; "
+                        "set it (or CBM_EXTRACT_SCENE_TIMEOUT) to e.g. 3600")
     if settings.eodata.source not in EODATA_SOURCES:
         raise UserError(f"{origin}: eodata.source {settings.eodata.source!r} is unknown; use one of "
                         f"{', '.join(EODATA_SOURCES)}")

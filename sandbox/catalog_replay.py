@@ -14,6 +14,7 @@ Every request is logged in `.requests` (the parsed query) so tests can check wha
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -46,22 +47,31 @@ def _bbox_of_wkt(wkt: str) -> list[float]:
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
+def _type_matches(ptype: str | None, asked: str) -> bool:
+    """resto's productType: the type itself, or for S1 a group (GRD matches IW_GRDH_1S, SLC IW_SLC__1S)."""
+    parts = (ptype or "").split("_")
+    return ptype == asked or (asked in ("GRD", "SLC") and len(parts) > 1 and parts[1].startswith(asked))
+
+
 def _overlap(a, b) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 class CatalogReplay:
-    """`with CatalogReplay(features={'Sentinel2': [...]}) as cat: cat.url` -> base URL to use."""
+    """`with CatalogReplay(features={'Sentinel2': [...]}) as cat: cat.url` -> base URL to use.
+
+    `host`: the address it listens on (e.g. the sandbox's eodata gateway, which its servers reach);
+    `features` may be changed while it runs (a product published later)."""
 
     def __init__(self, features: dict[str, list[dict]] | None = None,
                  recorded: dict[tuple[str, int], Path | bytes] | None = None,
-                 fault: str | None = None, port: int = 0, max_offset: int = MAX_OFFSET):
+                 fault: str | None = None, port: int = 0, max_offset: int = MAX_OFFSET, host: str = "127.0.0.1"):
         self.features = features or {}
         self.recorded = recorded or {}
         self.fault = fault
         self.max_offset = max_offset
         self.requests: list[dict] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server = ThreadingHTTPServer((host, port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -135,7 +145,9 @@ class CatalogReplay:
         box = _bbox_of_wkt(q["geometry"]) if "geometry" in q else None
         for f in feats:
             p = f["properties"]
-            if "productType" in q and p.get("productType") != q["productType"]:
+            if "productType" in q and not _type_matches(p.get("productType"), q["productType"]):
+                continue
+            if "sensorMode" in q and p.get("sensorMode", q["sensorMode"]) != q["sensorMode"]:
                 continue
             if "startDate" in q and p["startDate"] < q["startDate"]:
                 continue
@@ -221,4 +233,22 @@ def s1_feature(card: str, start: str, footprint: list, platform: str = "S1A") ->
         "productIdentifier": f"/eodata/Sentinel-1/SAR/{kind[0]}/{date}/{title}",
         "startDate": iso, "completionDate": iso, "productType": kind[0], "processingLevel": "LEVEL2",
         "platform": platform, "instrument": "SAR-C SAR",
+    }}
+
+
+def s1_input_feature(kind: str, start: str, footprint: list, platform: str = "S1A", timeliness: str = "NRT-3h",
+                     orbit: int = 52433, datatake: str = "06574A", unique: str = "9703") -> dict:
+    """A resto feature for an S1 IW GRD or SLC product, the input of a CARD order, shaped like CDSE's.
+    start: 'YYYYMMDDTHHMMSS'; a slice lasts 25 s."""
+    t0 = dt.datetime.strptime(start, "%Y%m%dT%H%M%S")
+    t1 = t0 + dt.timedelta(seconds=25)
+    ptype = {"GRD": "IW_GRDH_1S", "SLC": "IW_SLC__1S"}[kind]
+    title = f"{platform}_{ptype}DV_{start}_{t1:%Y%m%dT%H%M%S}_{orbit:06d}_{datatake}_{unique}.SAFE"
+    geom_type = "MultiPolygon" if footprint and isinstance(footprint[0][0][0], list) else "Polygon"
+    return {"type": "Feature", "id": title, "geometry": {"type": geom_type, "coordinates": footprint}, "properties": {
+        "collection": "SENTINEL-1", "status": "ONLINE", "title": title,
+        "productIdentifier": f"/eodata/Sentinel-1/SAR/{kind}/{t0:%Y/%m/%d}/{title}",
+        "startDate": f"{t0:%Y-%m-%dT%H:%M:%S}.000Z", "completionDate": f"{t1:%Y-%m-%dT%H:%M:%S}.000Z",
+        "productType": ptype, "processingLevel": "LEVEL1", "platform": platform, "instrument": "SAR",
+        "sensorMode": "IW", "orbitNumber": orbit, "timeliness": timeliness, "polarisation": "VV&VH",
     }}

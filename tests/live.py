@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,13 +17,36 @@ SANDBOX_SPEC = REPO / "inventories" / "sandbox" / "deployment.yml"
 SANDBOX_CONFIGURE = REPO / "inventories" / "sandbox" / "configure.yml"
 
 
-class LiveDeployment:
-    name = "live"
+def generated_products(sandbox) -> dict:
+    """The rehearsal's products in the sandbox's /eodata, served by its S3 server: generated once per
+    session (sandbox/rehearsal.py), then read back from their listing. The stand-in catalog's features."""
+    from sandbox.rehearsal import generate
 
-    def __init__(self, sandbox, folder: Path):
+    listing = Path(sandbox.eodata) / "catalog.json"
+    if listing.exists():
+        return json.loads(listing.read_text())
+    features = generate(Path(sandbox.eodata))
+    sandbox.republish_eodata()
+    return features
+
+
+class LiveDeployment:
+    """inventories/sandbox/deployment.yml renamed `name` (its own resources, state folder and inventory),
+    with `workers` workers when given (else the spec's)."""
+
+    def __init__(self, sandbox, folder: Path, name: str = "live", workers: int | None = None):
         self.sandbox = sandbox
+        self.name = name
         data = yaml.safe_load(SANDBOX_SPEC.read_text())
         data.update(name=self.name, prefix=f"cbm-{self.name}", tags=[f"cbm-{self.name}"])
+        if workers is not None:
+            data["workers"] = workers
+        # room on the manager's data volume for the extractor image next to PostGIS's (the continuous mode's
+        # job, a deployment without workers); a sparse file in the sandbox
+        data["volume"] = {**data["volume"], "size": 8}
+        # the database admits nothing outside the deployment (its private network; this machine through the
+        # SSH tunnel to the manager): every test on it shows that `ingress.db: []` works end to end
+        data["ingress"] = {**data["ingress"], "db": []}
         # products from the sandbox's S3 server, as on CDSE (the rehearsal does the same)
         data["eodata"] = {"source": "s3", "endpoint": sandbox.eodata_endpoint(),
                           "credentials_file": str(sandbox.s3.credentials_file)}
@@ -38,6 +62,12 @@ class LiveDeployment:
     def state(self) -> Path:
         return self.state_home / "cbm" / self.name
 
+    def update_spec(self, **values) -> None:
+        """Change keys of the spec (e.g. workers=3: the next `cbm up` scales the deployment)."""
+        data = yaml.safe_load(self.spec.read_text())
+        data.update(values)
+        self.spec.write_text(yaml.safe_dump(data))
+
     @property
     def hosts(self) -> dict:
         return yaml.safe_load((self.spec.parent / "hosts.yml").read_text())["all"]
@@ -51,13 +81,30 @@ class LiveDeployment:
         return subprocess.Popen([sys.executable, "-m", "cbm", *args], env={**os.environ, **self.env, **(env or {})},
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    def tunnel(self):
+        """The SSH tunnel to the deployment's private database, as cbm makes it (provision/ops/deployment.py:
+        through the manager, host key pinned in the deployment's state folder)."""
+        from provision.ops import deployment
+
+        saved = os.environ.get("XDG_STATE_HOME")
+        os.environ["XDG_STATE_HOME"] = str(self.state_home)   # the deployment's files are found there
+        try:
+            dep = deployment.load(self.spec)
+        finally:
+            if saved is None:
+                os.environ.pop("XDG_STATE_HOME", None)
+            else:
+                os.environ["XDG_STATE_HOME"] = saved
+        return deployment.tunnel(dep)
+
     def query(self, sql: str, params=None):
-        """SQL on the deployment's PostGIS through its published port, with its password file."""
+        """SQL on the deployment's PostGIS (as the owner) through the SSH tunnel, with its password file."""
         import psycopg2
 
         password = (self.state / "db_password").read_text().strip()
-        with psycopg2.connect(host=self.hosts["vars"]["cbm_manager_public_ip"], port=self.hosts["vars"]["cbm_db_port"],
-                              user="postgres", dbname="postgres", password=password, connect_timeout=10) as conn:
+        tunnel = self.tunnel()
+        with psycopg2.connect(host=tunnel.host, port=tunnel.port, user="postgres", dbname="postgres",
+                              password=password, connect_timeout=10) as conn:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 return cur.fetchall() if cur.description else None

@@ -27,7 +27,8 @@ def deployment(tmp_path):
 
 
 def inventory(folder, manager: dict | None):
-    hosts = {"cfgcli-manager": manager} if manager is not None else {}
+    # private_ip: where the database listens (cbm configure points its SSH tunnel there)
+    hosts = {"cfgcli-manager": {"private_ip": "10.0.0.5", **manager}} if manager is not None else {}
     (folder / "hosts.yml").write_text(yaml.safe_dump({"all": {
         "vars": {"ansible_user": "eouser", "cbm_db_port": 11039, "cbm_deployment": "cfgcli"},
         "children": {"manager": {"hosts": hosts}, "workers": {"hosts": {}}}}}))

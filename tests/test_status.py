@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import struct
 from collections import Counter
@@ -175,9 +176,11 @@ def test_empty_database_and_unreachable_database(dbenv):
     assert_one_line_error(run_cbm("status", env={"PGPORT": str(free_port())}), "cannot connect", code=1)
 
 
-def test_spec_with_unreachable_cloud_and_manager_still_reports_the_database(postgis, tmp_path, monkeypatch):
-    """The cloud (a closed port) and the manager's SSH fail: notes, exit 1, the database is still shown."""
+def test_spec_with_unreachable_cloud_still_reports_the_database_through_the_tunnel(postgis, tmp_path, monkeypatch):
+    """The cloud (a closed port) fails: a note, exit 1; the database (private, behind the manager's SSH)
+    is still shown. Then the manager's SSH fails too: the database's note names the manager."""
     from sandbox.localdb import free_port
+    from ssh_server import SshServer
     from test_deployment import write_deployment
 
     clouds = tmp_path / "clouds.yaml"
@@ -189,14 +192,24 @@ def test_spec_with_unreachable_cloud_and_manager_still_reports_the_database(post
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)
-    # the inventory points at the session server (database `postgres`), the manager's SSH at 127.0.0.1
-    path = write_deployment(tmp_path, "127.0.0.1", postgis.port, postgis.password)
-    proc = run_cbm("status", str(path), env={"PGPASSFILE": str(tmp_path / "none")}, timeout=300)
+    # the manager: an SSH server on 127.0.0.1 (no docker: the swarm part fails) that sees the session
+    # server (database `postgres`) at 127.0.0.1
+    with SshServer(DeploymentFiles("dktest").ensure_ssh_key()) as manager:
+        path = write_deployment(tmp_path, "127.0.0.1", postgis.port, postgis.password, ssh_port=manager.port,
+                                private_ip="127.0.0.1")
+        proc = run_cbm("status", str(path), env={"PGPASSFILE": str(tmp_path / "none")}, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "note: hosts:" in proc.stdout and "identity service" in proc.stdout
-    assert "note: swarm: skipped" in proc.stdout
-    assert f"127.0.0.1:{postgis.port}/postgres" in proc.stdout
+    assert "note: swarm:" in proc.stdout
+    assert "note: database" not in proc.stdout and "postgres" in proc.stdout
     assert postgis.password not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = run_cbm("status", str(path), env={"PGPASSFILE": str(tmp_path / "none")}, timeout=300)   # SSH gone
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "note: swarm: skipped" in proc.stdout
+    assert re.search(r"note: database: no SSH connection to the manager cbm-dktest-manager \(eouser@127\.0\.0\.1\)"
+                     rf" for the tunnel to 127\.0\.0\.1:{postgis.port}", proc.stdout), proc.stdout
     assert "Traceback" not in proc.stderr
 
 

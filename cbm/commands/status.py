@@ -82,8 +82,44 @@ def render(report: Report, console: Console) -> None:
             t.add_row(p["card"], run_name(p["res"]), str(p["scenes"]), str(p["done"]), str(p["failed"]),
                       str(p["running"]), str(p["left"]), f"{p['rows']:,}", f"{p['rate']:.1f}", eta)
         console.print(t)
+    if report.schedule:
+        render_schedule(report.schedule, console)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _period(delta) -> str:
+    """A period as `cbm schedule` takes it: 1d, 6h, 2w, 30m (0d for none)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds:
+            return f"{seconds // size}{unit}"
+    return "0d" if not seconds else human_duration(seconds)
+
+
+def render_schedule(part: dict, console: Console) -> None:
+    """The continuous mode: its schedule and next run, the last run (a failed one in red, with its log)."""
+    s, last = part["schedule"], part["last"]
+    t = _table("continuous mode (cbm schedule)", ["", ""])
+    t.show_header = False
+    if s is None:
+        t.add_row("schedule", "off")
+    else:
+        t.add_row("schedule", f"cards {', '.join(s.cards)} every {_period(s.every)}, lookback {_period(s.lookback)}; "
+                              f"AOI {s.aoi}, parcels {s.parcels}")
+        t.add_row("catalog synced to", str(s.synced_to))
+        t.add_row("next run", "requested, starting now" if s.requested_at else f"{s.next_at:%Y-%m-%d %H:%M %Z}")
+    if last is not None:
+        took = (last["finished_at"] - last["started_at"]).total_seconds() if last["finished_at"] else None
+        t.add_row("last run", f"#{last['id']} ({last['trigger']}) started {last['started_at']:%Y-%m-%d %H:%M %Z}"
+                              + (f", took {human_duration(took)}" if took is not None else ", still running"))
+        t.add_row("last outcome", f"{last['outcome']}{': ' + last['detail'] if last['detail'] else ''}",
+                  style="red" if last["outcome"] in ("failed", "interrupted") else None)
+        t.add_row("last counts", f"{last['products']} new product(s), {last['scenes']} scene run(s) extracted, "
+                                 f"{last['failed']} failed")
+        if last["log"]:
+            t.add_row("last log (manager)", last["log"])
+    console.print(t)
 
 
 def write_png(report: Report, path) -> None:

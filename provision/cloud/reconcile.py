@@ -9,8 +9,9 @@ resumes. `down` deletes exactly what the deployment owns, in dependency order.
 No local file is touched here: the caller hands in the deployment's key (`key.read()`, `key.ensure()`,
 `key.where`) and writes the inventory and known_hosts from what `up` returns.
 
-    up(spec, key, dry_run=False) -> UpResult
-    down(spec, key, keep_volume=False, yes=False, confirm=None) -> DownResult
+    up(spec, key, dry_run=False, replace_volume=False) -> UpResult
+    leaving(spec, key) -> [server name]   what `up` would delete: the servers the spec no longer has
+    down(spec, key, keep_volume=False, yes=False, confirm=None, before_delete=None) -> DownResult
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from provision.cloud.common import Change, Run
 from provision.cloud.connection import connect, resolve
 from provision.cloud.progress import console
 
-__all__ = ["Change", "DownResult", "Host", "UpResult", "down", "up"]
+__all__ = ["Change", "DownResult", "Host", "UpResult", "down", "leaving", "up"]
 
 
 @dataclass(frozen=True)
@@ -57,29 +58,32 @@ class DownResult:
 
 # ------------------------------------------------------------------------------------------------ up
 
-def up(spec, key, dry_run: bool = False) -> UpResult:
+def up(spec, key, dry_run: bool = False, replace_volume: bool = False) -> UpResult:
     """Create what is missing, repair what is wrong; with dry_run only record what would change.
 
     `key`: read() -> the deployment's local public key or None; ensure() -> the public key, created if
-    missing (called only to create the keypair); where: the local key file, for messages."""
+    missing (called only to create the keypair); where: the local key file, for messages.
+    `replace_volume`: a data volume in state error that was ever attached may be deleted and replaced
+    by a blank one (without it, `up` stops before changing anything: volume.guard)."""
     conn = connect(spec)
     try:
         run = Run(conn, spec, dry_run)
         result = UpResult(spec.name, dry_run, changes=run.changes, warnings=run.warnings)
-        _up(run, key, result)
+        _up(run, key, result, replace_volume)
         result.new_addresses = run.new_addresses
         return result
     finally:
         conn.close()
 
 
-def _up(run: Run, key, result: UpResult) -> None:
+def _up(run: Run, key, result: UpResult, replace_volume: bool) -> None:
     spec, conn = run.spec, run.conn
     refs = resolve(conn, spec)
     found = ownership.find(conn, spec, key.read())
+    volume.guard(run, found, replace_volume)
     keypair.reconcile(run, found, key)
     group = security_group.reconcile(run, found)
-    vol = volume.reconcile(run, found)
+    vol = volume.reconcile(run, found, replace_volume)
     by_role = servers.reconcile(run, found, refs, group)
     manager = by_role.get(("manager", 0))
     if vol is not None and manager is not None and not run.dry_run:
@@ -99,6 +103,16 @@ def _up(run: Run, key, result: UpResult) -> None:
     result.manager_ip = fip.floating_ip_address
     result.data_device = device
     result.volume_id = vol.id
+
+
+def leaving(spec, key) -> list[str]:
+    """The names of the servers the next `up` would delete (workers beyond the spec's count, servers of no
+    known role); nothing is changed. The caller takes them out of what runs on them first."""
+    conn = connect(spec)
+    try:
+        return [server.name for server in servers.surplus(spec, ownership.find(conn, spec, key.read()))]
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------- down
@@ -124,11 +138,14 @@ def _down_list(spec, found, keep_volume: bool) -> tuple[list[Change], list[str]]
 
 
 def down(spec, key, keep_volume: bool = False, yes: bool = False,
-         confirm: Callable[[str], bool] | None = None) -> DownResult:
+         confirm: Callable[[str], bool] | None = None,
+         before_delete: Callable[[], None] | None = None) -> DownResult:
     """Delete what the deployment owns (FIP, servers, volume unless kept, security group, keypair).
 
     Lists it first; unless `yes`, `confirm(question) -> bool` decides (no confirm: nothing is deleted).
-    `key.read()`: the local public key, which tells whether the keypair of the deployment's name is ours."""
+    `key.read()`: the local public key, which tells whether the keypair of the deployment's name is ours.
+    `before_delete()`: called once confirmed, before the first deletion (the database backup); an
+    exception from it stops `down` with nothing deleted."""
     conn = connect(spec)
     try:
         found = ownership.find(conn, spec, key.read())
@@ -146,6 +163,8 @@ def down(spec, key, keep_volume: bool = False, yes: bool = False,
             print(f"  {line}")
         if not yes and not (confirm and confirm(f"Delete these {len(items)} resources of deployment {spec.name}?")):
             raise UserError("down: cancelled, nothing was deleted")
+        if before_delete is not None:
+            before_delete()
         _delete(conn, spec, found, keep_volume)
         return result
     finally:

@@ -55,8 +55,7 @@ def reconcile(run: Run, found, refs, group) -> dict:
                 pending.append(server)
         result[(role, index)] = server
     # Workers beyond the spec's count (the count went down): remove them.
-    extra = [s for i, servers in found.workers.items() if i > spec.workers for s in servers]
-    extra += found.other_servers
+    extra = surplus(spec, found)
     for server in extra:
         run.change("delete", "server", server.name, "not in the spec (worker count lowered)")
     if extra and not run.dry_run:
@@ -64,6 +63,11 @@ def reconcile(run: Run, found, refs, group) -> dict:
     for server in pending:
         result[_key(server)] = _wait_active(run, server)
     return result
+
+
+def surplus(spec, found) -> list:
+    """The deployment's servers the spec no longer has: workers beyond its count, servers of no known role."""
+    return [s for i, servers in found.workers.items() if i > spec.workers for s in servers] + list(found.other_servers)
 
 
 def _key(server):

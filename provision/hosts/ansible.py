@@ -34,7 +34,9 @@ def run_playbook(spec, playbook: str, variables: dict, check: bool = False, out=
     out = out or sys.stdout
     inventory = inventories.read(spec)
     hosts = inventory.hosts
-    ssh.wait_for_hosts(hosts, timeout=spec.wait_timeout, report=lambda m: print(m, file=out, flush=True))
+    # limited to a group or a host: only those must answer (e.g. the manager while a worker leaves)
+    waited = [h for h in hosts if limit in (h.group, h.name)] if limit else []
+    ssh.wait_for_hosts(waited or hosts, timeout=spec.wait_timeout, report=lambda m: print(m, file=out, flush=True))
 
     run_dir = DeploymentFiles(spec.name).new_run_dir()
     use_venv_ansible()

@@ -4,10 +4,12 @@
         id_ed25519, id_ed25519.pub      the deployment's SSH key (private key 0600)
         known_hosts                     host keys learnt with StrictHostKeyChecking=accept-new
         db_password                     the postgres password, generated once by `cbm configure` (0600)
+        db_worker_password              the password of the workers' role (cbm_worker), idem
         pgpass                          libpq password file for pg_dump/pg_restore/psql (0600)
         onboarding.yml                  the choices of `cbm onboard` (defaults of `cbm extract swarm`)
         s3-credentials.yml              the settings' S3 keys, handed to the workers (`cbm extract swarm`)
         runs/<UTC time>/                one ansible-runner private data dir per playbook run (last 20 kept)
+        logs/<UTC time>-<command>.log   the output of a command `cbm fleet` ran on it (last 50 kept)
         backups/<UTC time>.dump         `cbm db backup` (and `cbm upgrade`) dumps
         images/                         the extractor image archive handed to the hosts
     ${XDG_STATE_HOME:-~/.local/state}/cbm/backups/   dumps of the database of the settings (no deployment)
@@ -35,6 +37,7 @@ from extractor.errors import CbmError
 
 KEY_FILE = "id_ed25519"
 KEEP_RUNS = 20   # ansible-runner run folders kept per deployment
+KEEP_LOGS = 50   # command logs (`cbm fleet`) kept per deployment
 
 
 def state_root() -> Path:
@@ -82,11 +85,13 @@ class DeploymentFiles:
         self.public_key = self.root / (KEY_FILE + ".pub")
         self.known_hosts = self.root / "known_hosts"
         self.password = self.root / "db_password"
+        self.worker_password = self.root / "db_worker_password"  # the extraction workers' database role
         self.pgpass = self.root / "pgpass"
         self.s3_credentials = self.root / "s3-credentials.yml"  # the settings' S3 keys, for the workers
         self.onboarding = self.root / "onboarding.yml"
         self.backups = self.root / "backups"
         self.images = self.root / "images"
+        self.logs = self.root / "logs"
 
     def folder(self) -> Path:
         """The state folder, created 0700 if missing."""
@@ -118,6 +123,14 @@ class DeploymentFiles:
         if not self.password.exists():
             write_private(self.password, secrets.token_urlsafe(24))
         return self.password
+
+    def ensure_worker_password(self) -> Path:
+        """The workers' role password file, generated once (0600); `cbm db init` (roles/schema) sets it
+        on the role, `cbm extract swarm` hands it to the workers as a swarm secret."""
+        self.folder()
+        if not self.worker_password.exists():
+            write_private(self.worker_password, secrets.token_urlsafe(24))
+        return self.worker_password
 
     # -- known hosts -----------------------------------------------------------------------
     def ensure_known_hosts(self) -> Path:
@@ -155,6 +168,24 @@ class DeploymentFiles:
             path = runs / f"{stamp}-{n}"
         path.mkdir(mode=0o700)
         return path
+
+    # -- command logs ----------------------------------------------------------------------
+    def new_log(self, command: str, keep: int = KEEP_LOGS) -> Path:
+        """A new empty log file logs/<UTC timestamp>[-n]-<command>.log (0600) for the output of a command
+        run on the deployment; the oldest logs beyond the last `keep` are removed."""
+        logs = make_private_dir(self.logs)
+        past = sorted(logs.glob("*.log"), key=lambda p: (p.stat().st_mtime, p.name))
+        for old in past[:max(len(past) - (keep - 1), 0)]:
+            old.unlink(missing_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for n in range(1, 1000):
+            path = logs / f"{stamp}{'' if n == 1 else f'-{n}'}-{command}.log"
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                return path
+            except FileExistsError:
+                continue
+        raise CbmError(f"cannot create a new log in {logs}: too many logs of the same second")
 
 
 def _host_matches(field: str, addresses: set[str]) -> bool:

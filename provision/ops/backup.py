@@ -6,8 +6,9 @@
     cbm db restore FILE [SPEC] [--yes]     pg_restore --clean --if-exists, in one transaction: a restore that
         fails part-way changes nothing. Asks first (or --yes). A file that is not a pg_dump archive is refused.
 
-The password reaches pg_dump/pg_restore only through a 0600 pgpass file (PGPASSFILE), never argv or
-PGPASSWORD (provision.ops.deployment.libpq_env). pg_dump/pg_restore come from postgresql-client-15
+The database of a deployment is private: pg_dump/pg_restore reach it through the SSH tunnel to the
+manager (provision.ops.deployment.tunnel), as the owner role. The password reaches them only through a
+0600 pgpass file (PGPASSFILE), never argv or PGPASSWORD (provision.ops.deployment.libpq_env). pg_dump/pg_restore come from postgresql-client-15
 (scripts/bootstrap.sh); the newest installed version is used (it reads older servers and archives).
 """
 
@@ -155,7 +156,7 @@ def no_progress(description: str, total: int | None = None):
 
 def backup(settings, env: dict, out: Path, progress=no_progress) -> dict:
     """Dump the database into `out` (0600); returns facts for the report."""
-    where = db.describe(settings)
+    where = deployment.describe(settings)
     name, db_size = database_facts(settings)
     partial = out.with_name(f".{out.name}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # 0600 before pg_dump writes
@@ -234,7 +235,7 @@ def restore(settings, env: dict, path: Path, toc: list[str], database: str, prog
         run.stop()
         raise
     if rc != 0:
-        raise CbmError(f"restore of {path} into {db.describe(settings)} failed and was rolled back (nothing changed): "
+        raise CbmError(f"restore of {path} into {deployment.describe(settings)} failed and was rolled back (nothing changed): "
                        f"pg_restore: {run.error()}")
     return time.monotonic() - start
 
@@ -248,7 +249,7 @@ def restore_file(path: str | Path, spec: str | None, config: str | None, confirm
     toc = check_archive(path)
     with target(spec, config) as (settings, env, _folder):
         name, _size = database_facts(settings)
-        where = db.describe(settings)
+        where = deployment.describe(settings)
         if not confirm(f"Restore {path} ({len(toc)} objects) into {where}, replacing the objects it contains?"):
             raise UserError("db restore: cancelled, nothing was changed")
         # The database name comes from the connection we just made (it may be libpq's default).

@@ -1,7 +1,13 @@
 """Configure a deployment's hosts with Ansible (playbooks/site.yml), and run its other playbooks.
 
-The postgres password is generated once into the state folder (db_password, 0600) and never
-passed on a command line; the roles read it from there (no_log).
+The postgres password and the workers' role password are generated once into the state folder
+(db_password, db_worker_password, 0600) and never passed on a command line; the roles read them
+from there (no_log).
+
+The database is private (roles/postgis publishes its port on the manager's private address): while
+site.yml runs, this process holds an SSH tunnel to the manager (provision/ops/deployment.py) and the
+roles reach PostGIS from the controller at its local end (cbm_db_tunnel_host/port): the password
+check of the postgis role and `cbm db init` of the schema role. So `ingress.db: []` works.
 
 Optional: `configure.yml` next to the spec holds extra variables for the roles (e.g. the
 sandbox builds its PostGIS image on the host instead of pulling one):
@@ -16,6 +22,7 @@ import yaml
 from extractor.errors import UserError, one_line
 from provision.hosts import ansible
 from provision.hosts.files import DeploymentFiles
+from provision.ops import deployment
 
 EXTRA_VARS_FILE = "configure.yml"
 
@@ -35,12 +42,14 @@ def user_vars(spec) -> dict:
 
 
 def role_vars(spec) -> dict:
-    """Every playbook's variables: configure.yml, the state folder (the password file in it is made
-    here, once) and the authorized keys."""
+    """Every playbook's variables: configure.yml, the state folder (the password files in it are made
+    here, once), the authorized keys and the networks the database admits over TLS (ingress.db)."""
     files = DeploymentFiles(spec.name)
     files.ensure_password()
+    files.ensure_worker_password()
     return {**user_vars(spec), "cbm_state_dir": str(files.root),
-            "cbm_extra_authorized_keys": list(spec.extra_authorized_keys)}
+            "cbm_extra_authorized_keys": list(spec.extra_authorized_keys),
+            "cbm_db_ingress": list(spec.ingress.db)}
 
 
 def run(spec, playbook: str, extravars: dict | None = None, check: bool = False, out=None,
@@ -51,5 +60,8 @@ def run(spec, playbook: str, extravars: dict | None = None, check: bool = False,
 
 
 def configure(spec, check: bool = False, out=None) -> int:
-    """Run playbooks/site.yml on the deployment; returns 0, or raises CbmError (exit code = runner rc)."""
-    return run(spec, "site.yml", check=check, out=out, verb="configuring")
+    """Run playbooks/site.yml on the deployment; returns 0, or raises CbmError (exit code = runner rc).
+    The SSH tunnel to the database connects when a role first uses it (the hosts may still be new)."""
+    tunnel = deployment.tunnel(deployment.of_spec(spec))
+    return run(spec, "site.yml", extravars={"cbm_db_tunnel_host": tunnel.host, "cbm_db_tunnel_port": tunnel.port},
+               check=check, out=out, verb="configuring")

@@ -2,7 +2,8 @@
 
 For each run (card, resolution): build the extractor image here (provision/ops/extractor_image.py), hand
 it to the workers (`docker save` archive, roles/extractor_service), run it as a swarm service of N
-replicas on the workers (playbooks/extract.yml), follow the progress in the database (scenes done
+replicas on the workers (playbooks/extract.yml; on the manager when the deployment has no workers,
+`workers: 0`: one box runs PostGIS and the extraction), follow the progress in the database (scenes done
 and left, rows written, rate, ETA), and remove the service as soon as no scene of the run is left
 to claim or in progress. `--card s2 --all` runs the seed's S2 order: SCL histograms (-1), then
 10 m, then 20 m bands, each run tracked on its own (extraction_runs), no status is reset.
@@ -20,11 +21,14 @@ import contextlib
 import io
 import json
 import time
+from pathlib import Path
 
 import yaml
+from invoke.exceptions import Failure
+from paramiko.ssh_exception import SSHException
 
 from extractor import db, progress
-from extractor.errors import CbmError, UserError
+from extractor.errors import CbmError, UserError, one_line
 from extractor.extract import cards
 from provision.hosts import files, ssh
 from provision.ops import configure, deployment, extractor_image, onboard
@@ -33,6 +37,8 @@ SERVICE_PREFIX = "cbm-extract"
 STUCK_AFTER = 180.0  # seconds without progress and without a live claim before we look at the tasks
 PATIENCE = 900.0     # seconds the database may fail to answer the progress polls before we give up
 MAX_DELAY = 60.0     # the longest wait between two polls while it does not answer
+# what asking the manager over SSH raises when it does not answer (network, sshd restarting, timeouts)
+SSH_HICCUPS = (CbmError, OSError, EOFError, SSHException, Failure)
 
 
 def service_name(card: str, res: int) -> str:
@@ -78,6 +84,21 @@ def storage_vars(dep, settings) -> tuple[dict, str]:
     where = f"S3 bucket {e.bucket} at {e.endpoint}" + ("" if keys_file else " (unsigned requests: no keys given)")
     return ({"extractor_service_eodata_source": "s3", "extractor_service_s3_endpoint": e.endpoint,
              "extractor_service_s3_bucket": e.bucket, "extractor_service_s3_credentials_file": keys_file}, where)
+
+
+def image_archive(dep, base_image: str | None = None, out=print) -> tuple[str, Path]:
+    """The extractor image (built unless it exists) and its `docker save` archive in the deployment's
+    state folder, which the hosts load (roles/extractor_service, tasks image)."""
+    # configure.yml next to the spec may name a local base image (the sandbox: nothing can be pulled).
+    base = base_image or configure.user_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
+    out(f"== extractor image (base {base})")
+    image = extractor_image.build(base=base)
+    archive = dep.files.images / f"{image.replace('/', '_').replace(':', '-')}.tar"
+    if not archive.exists():  # the tag names the content: an archive of it is never stale
+        for old in archive.parent.glob("cbm_extractor-*.tar"):
+            old.unlink()
+        extractor_image.save(image, archive)
+    return image, archive
 
 
 def progress_of(settings, card: str, res: int) -> dict:
@@ -126,10 +147,13 @@ def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progre
 
     Live claims (leases) in the database mean workers are busy. No progress and no live claim for
     STUCK_AFTER seconds: the service's tasks are asked why (e.g. they cannot reach the database).
-    A poll that fails (PostGIS restarting, e.g. during `cbm upgrade`; the network) is tried again
-    with a backoff, saying so through `note`, for up to PATIENCE seconds: the workers keep going."""
+    A poll that fails (PostGIS restarting, e.g. during `cbm upgrade`; the network, the SSH tunnel) is
+    tried again with a backoff, saying so through `note`, for up to PATIENCE seconds: the workers keep
+    going. A manager that does not answer over SSH when asked about the tasks is asked again later
+    (for up to PATIENCE seconds of failures)."""
     last_done, last_busy = -1, time.monotonic()
     failing_since, delay = None, poll
+    ssh_failing_since = None
     while True:
         try:
             row = progress_of(settings, card, res)
@@ -158,8 +182,13 @@ def follow(settings, dep, card: str, res: int, name: str, poll: float, on_progre
         elif time.monotonic() - last_busy > STUCK_AFTER:
             try:
                 why = service_failure(dep, name)
-            except CbmError as exc:  # the manager did not answer over SSH: look again later
-                note(f"   cannot ask the manager about {name} ({exc}); looking again later")
+                ssh_failing_since = None
+            except SSH_HICCUPS as exc:  # the manager did not answer over SSH: look again later
+                ssh_failing_since = ssh_failing_since or time.monotonic()
+                if time.monotonic() - ssh_failing_since > PATIENCE:
+                    raise CbmError(f"service {name}: no progress, and the manager does not answer over SSH "
+                                   f"({one_line(exc, 200)}) for {PATIENCE:.0f} s") from None
+                note(f"   cannot ask the manager about {name} ({one_line(exc, 200)}); looking again later")
                 why = None
             if why:
                 raise CbmError(f"service {name}: {row['left']} scene(s) left but its workers fail: {why}")
@@ -175,6 +204,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     context manager factory yielding an `on_progress(row)` callback (the command's progress bar)."""
     dep = deployment.load(spec_path)
     settings = deployment.deployment_settings(spec_path, config)
+    worker_password = deployment.require_worker_password(dep)
     resolutions = runs_for(settings, card, res, all_runs)
     record = onboard.read_record(dep)
     aoi = aoi or record.get("aoi") or settings.extract.aoi
@@ -186,15 +216,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                         "or pass --aoi and --parcels")
     replicas = replicas or max(1, dep.spec.workers)
     products, where = storage_vars(dep, settings)
-    # configure.yml next to the spec may name a local base image (the sandbox: nothing can be pulled).
-    base = base_image or configure.user_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
-    out(f"== extractor image (base {base})")
-    image = extractor_image.build(base=base)
-    archive = dep.files.images / f"{image.replace('/', '_').replace(':', '-')}.tar"
-    if not archive.exists():  # the tag names the content: an archive of it is never stale
-        for old in archive.parent.glob("cbm_extractor-*.tar"):
-            old.unlink()
-        extractor_image.save(image, archive)
+    image, archive = image_archive(dep, base_image, out)
     env = {"CBM_EXTRACT_AOI": aoi, "CBM_EXTRACT_PARCELS": parcels}
     if start:
         env["CBM_EXTRACT_START"] = str(start)
@@ -206,8 +228,10 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     for r in resolutions:
         name = service_name(card, r)
         out(f"== {name}: {replicas} worker(s) on the swarm, products from {where}")
+        # the workers log in as the least-privilege role (extractor/grants.py), never as the owner
         common = {"extractor_service_name": name, "extractor_service_image": image,
-                  "extractor_service_password_file": str(dep.files.password)}
+                  "extractor_service_db_user": deployment.WORKER_USER,
+                  "extractor_service_password_file": str(worker_password)}
         _playbook(dep.spec, {**common, "extractor_service_state": "present",
                               "extractor_service_image_archive": str(archive),
                               "extractor_service_replicas": replicas,

@@ -6,6 +6,8 @@
     catalog      scenes by card and status (the seed's query, extractor.catalog.status_counts)
     extraction   per card and run (resolution): done / failed / running / left, rows, scenes per hour over the
                  last hour, ETA (from extraction_runs)
+    schedule     the continuous mode (cbm schedule): its cards and period, the next run, the last run with
+                 its outcome, counts and log on the manager
 
 Without SPEC only the database of the normal settings is reported. A part that cannot be reached is a
 note under the tables and makes the exit code 1; 0 means every part answered.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from extractor import catalog, db, progress
+from extractor import catalog, db, progress, schedule
 from extractor import settings as settings_mod
 from extractor.errors import CbmError, UserError, one_line
 from provision.cloud import connection, ownership
@@ -36,6 +38,7 @@ class Report:
     catalog: list[tuple] | None = None
     progress: list[dict] | None = None
     timeline: list[tuple] | None = None
+    schedule: dict | None = None      # the continuous mode: {schedule, last} (extractor/schedule)
     notes: list[str] = field(default_factory=list)
 
 
@@ -90,14 +93,15 @@ def database_part(report: Report, settings, with_timeline: bool) -> None:
     conn = db.connect(settings)  # one-line CbmError when down
     try:
         report.database = db.server_facts(conn)
-        report.database["where"] = db.describe(settings)
+        report.database["where"] = deployment.describe(settings)
         if db.table_exists(conn, settings, settings.tables.catalogue):
             report.catalog = [(c.strip(), s, n) for c, s, n in catalog.status_counts(conn, settings)]
             report.progress = progress.extraction_progress(conn, settings)
+            report.schedule = schedule.status_of(conn, settings)
             if with_timeline:
                 report.timeline = progress.extraction_timeline(conn, settings)
         else:
-            report.notes.append(f"catalog: no table {settings.tables.catalogue} in {db.describe(settings)}; "
+            report.notes.append(f"catalog: no table {settings.tables.catalogue} in {deployment.describe(settings)}; "
                                 "run cbm db init")
     finally:
         conn.close()
