@@ -116,10 +116,10 @@ def service_tasks(dep, name: str) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip().startswith("{")]
 
 
-def _playbook(spec, extravars: dict, out) -> None:
+def _playbook(spec, extravars: dict, out, limit: str | None = None) -> None:
     log = io.StringIO()  # the per-task lines only matter when it fails (the error names host and task)
     try:
-        configure.run(spec, "extract.yml", extravars=extravars, out=log)
+        configure.run(spec, "extract.yml", extravars=extravars, out=log, limit=limit)
     except CbmError:
         out(log.getvalue().rstrip())
         raise
@@ -225,7 +225,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     if lease:
         env["CBM_EXTRACT_LEASE"] = str(lease)
     results = []
-    for r in resolutions:
+    for i, r in enumerate(resolutions):
         name = service_name(card, r)
         out(f"== {name}: {replicas} worker(s) on the swarm, products from {where}")
         # the workers log in as the least-privilege role (extractor/grants.py), never as the owner
@@ -237,13 +237,16 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                               "extractor_service_replicas": replicas,
                               "extractor_service_db_port": dep.db_port,
                               "extractor_service_args": ["run", "--card", card, "--res", str(r)],
-                              "extractor_service_env": env, **products}, out)
+                              "extractor_service_env": env, **products}, out,
+                  # the image is loaded on the hosts once; the later runs need only the manager, so that
+                  # a worker taken out of the swarm meanwhile (`cbm up` with fewer workers) is not waited for
+                  limit=None if i == 0 else "manager")
         t0 = time.monotonic()
         try:
             with (follower or _no_follower)(card, r) as on_progress:
                 row = follow(settings, dep, card, r, name, poll, on_progress, note=out)
         finally:
-            _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out)
+            _playbook(dep.spec, {**common, "extractor_service_state": "absent"}, out, limit="manager")
         out(f"   {name}: {row['done']} scene(s) done, {row['failed']} failed, {row['rows']:,} rows "
             f"in {time.monotonic() - t0:.0f} s; service removed")
         results.append(row)
