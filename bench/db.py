@@ -43,23 +43,13 @@ import psycopg2
 from extractor import maintain, partitions, progress, schema
 from extractor import settings as settings_mod
 from extractor.extract import writer
-from sandbox.localdb import LocalPostgis
+from sandbox.localdb import SEED_SIGS_HISTS, LocalPostgis
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "db"
 CHECKPOINTS = (1_000_000, 10_000_000, 30_000_000, 100_000_000, 300_000_000, 1_000_000_000)
 TILES, ORBITS = 8, 2
 S2_10, S2_20, S1 = ("B02", "B03", "B04", "B08"), ("B05", "B06", "B07", "B8A", "B11", "B12"), ("VVb", "VHb")
-SEED_DDL = """
-CREATE TABLE sigs (pid integer, obsid integer, band character(3), count real, mean real, std real,
-                   min real, max real, p25 real, p50 real, p75 real);
-CREATE INDEX sigs_bidx ON sigs USING btree (band);
-CREATE INDEX sigs_obsidx ON sigs USING btree (obsid);
-CREATE INDEX sigs_pid ON sigs USING btree (pid);
-CREATE TABLE hists (pid integer, obsid integer, hist json);
-CREATE INDEX hist_obsidx ON hists USING btree (obsid);
-CREATE INDEX hist_pidx ON hists USING btree (pid);
-"""
 SEED_DELETE = ("DELETE FROM sigs s USING hists h WHERE s.pid = h.pid AND s.obsid = h.obsid"
                " AND (SELECT count(*) FROM json_object_keys(h.hist)) = 1 AND h.hist::jsonb ? '9'")
 SEASON = """
@@ -297,7 +287,7 @@ def run_layout(layout: str, target: int, parcels: int) -> list[dict]:
                 f"{conn.server_version // 10000}; root {pg.root}")
             if not ours:
                 cur.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-                cur.execute(SEED_DDL)
+                cur.execute(SEED_SIGS_HISTS)
         conn.commit()
         schema.init_schema(conn, s)
         conn.commit()

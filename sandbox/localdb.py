@@ -132,3 +132,16 @@ class LocalPostgis:
             log = self.root / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise CbmError(f"{tool} failed: {proc.stderr.strip() or proc.stdout.strip()} {tail}".strip())
+
+
+# sigs and hists as the seed's SQL makes them (a seed-made database, for the upgrade tests and bench db)
+SEED_SIGS_HISTS = """
+CREATE TABLE sigs (pid integer, obsid integer, band character(3), count real, mean real, std real,
+                   min real, max real, p25 real, p50 real, p75 real);
+CREATE INDEX sigs_bidx ON sigs USING btree (band);
+CREATE INDEX sigs_obsidx ON sigs USING btree (obsid);
+CREATE INDEX sigs_pid ON sigs USING btree (pid);
+CREATE TABLE hists (pid integer, obsid integer, hist json);
+CREATE INDEX hist_obsidx ON hists USING btree (obsid);
+CREATE INDEX hist_pidx ON hists USING btree (pid);
+"""

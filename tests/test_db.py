@@ -1,5 +1,7 @@
 from conftest import assert_one_line_error, run_cbm
 
+from sandbox.localdb import SEED_SIGS_HISTS
+
 TABLES = {"aois", "dias_catalogue", "sigs", "hists", "extraction_runs"}
 
 
@@ -82,15 +84,7 @@ SEED_SIGS = """
 CREATE TABLE dias_catalogue (id serial primary key, obstime timestamp not null, reference varchar(120) not null,
   sensor char(2) not null, card char(2) not null, status varchar(24) default 'ingested' not null,
   footprint geometry(Polygon,4326));
-CREATE TABLE sigs (pid integer, obsid integer, band character(3), count real, mean real, std real,
-  min real, max real, p25 real, p50 real, p75 real);
-CREATE INDEX sigs_bidx ON sigs USING btree (band);
-CREATE INDEX sigs_obsidx ON sigs USING btree (obsid);
-CREATE INDEX sigs_pid ON sigs USING btree (pid);
-CREATE TABLE hists (pid integer, obsid integer, hist json);
-CREATE INDEX hist_obsidx ON hists USING btree (obsid);
-CREATE INDEX hist_pidx ON hists USING btree (pid);
-"""
+""" + SEED_SIGS_HISTS
 SIGS_DIGEST = "SELECT count(*), md5(string_agg(s::text, ',' ORDER BY pid, obsid, band)) FROM sigs s"
 HISTS_DIGEST = "SELECT count(*), md5(string_agg(h::text, ',' ORDER BY pid, obsid)) FROM hists h"
 
