@@ -18,8 +18,8 @@ At each checkpoint (10^6, 10^7, 3*10^7, 10^8 sigs rows, up to --rows):
   delete    the maintenance delete of clouded observations (seed: its one DELETE; ours: cbm maintain
             clouded's count + batches), in a transaction rolled back, so the growth goes on untouched
   status    the progress queries of `cbm status` (extractor/progress.py)
-The server has a deployment's settings: roles/postgis passes none (postgis_settings: {}), so PostgreSQL's
-defaults (shared_buffers 128 MB, fsync and full-page writes on), unlike the tests' throwaway server.
+The server has a deployment's settings, durable (fsync and full-page writes on, unlike the tests'
+throwaway server) and tuned as roles/postgis tunes a manager with this machine's memory.
 One layout at a time (the disk holds one), dropped after; results go to bench/out/db/results.json, so
 `--layouts seed` and `--layouts ours` can run separately; the table and bench/out/db/db.png compare both.
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg2
+import yaml
 
 from extractor import maintain, partitions, progress, schema
 from extractor import settings as settings_mod
@@ -64,9 +65,25 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def deployment_settings(memory_mb: int, wal_cap_mb: int | None = None) -> dict[str, str]:
+    """The server settings roles/postgis gives a manager of memory_mb (its defaults, the same shares)."""
+    d = yaml.safe_load((ROOT / "roles" / "postgis" / "defaults" / "main.yml").read_text())
+    wal = min(d["postgis_max_wal_size_mb"], wal_cap_mb or d["postgis_max_wal_size_mb"])
+    return {"shared_buffers": f"{int(memory_mb * d['postgis_shared_buffers_share'])}MB",
+            "effective_cache_size": f"{int(memory_mb * d['postgis_effective_cache_share'])}MB",
+            "max_wal_size": f"{wal}MB", **{k: str(v) for k, v in d["postgis_tuning"].items()},
+            **d["postgis_settings"]}
+
+
 class DeploymentPostgis(LocalPostgis):
-    """The throwaway server with a deployment's settings (PostgreSQL's defaults, durable)."""
-    server_options = ""
+    """The throwaway server with a deployment's settings (roles/postgis: durable, tuned for this machine's
+    memory)."""
+
+    def __init__(self):
+        super().__init__()
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+        self.settings = deployment_settings(memory_mb)
+        self.server_options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
 
 
 class Season:
@@ -283,8 +300,9 @@ def run_layout(layout: str, target: int, parcels: int) -> list[dict]:
         conn = connect()
         with conn.cursor() as cur:
             cur.execute("SHOW shared_buffers")
-            log(f"[{layout}] server: shared_buffers {cur.fetchone()[0]}, fsync on, defaults of PostgreSQL "
-                f"{conn.server_version // 10000}; root {pg.root}")
+            log(f"[{layout}] server: PostgreSQL {conn.server_version // 10000}, fsync on, "
+                + (", ".join(f"{k} {v}" for k, v in pg.settings.items()) or "PostgreSQL's defaults")
+                + f"; root {pg.root}")
             if not ours:
                 cur.execute("CREATE EXTENSION IF NOT EXISTS postgis")
                 cur.execute(SEED_SIGS_HISTS)

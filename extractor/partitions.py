@@ -28,8 +28,14 @@ from psycopg2 import sql
 from extractor.db import table
 from extractor.errors import CbmError, UserError, one_line
 
-WIDTH = 100   # catalogue ids per partition (the bench: ~2*10^7 sigs rows for 120k parcels)
-AHEAD = 1     # partitions ready beyond the one of the newest catalogue id
+# Catalogue ids per partition: sized so that a partition holds about PARTITION_ROWS sigs rows, from the
+# sigs rows per extracted catalogue id seen so far; WIDTH before anything is extracted (the bench: 100
+# ids hold ~2*10^7 rows for 120k parcels). A partition's (pid, obsid) index then stays in the server's
+# memory while the season's scenes are written into it (`./run bench db`).
+WIDTH = 100
+PARTITION_ROWS = 20_000_000
+MIN_WIDTH, MAX_WIDTH = 10, 10_000
+AHEAD = 1     # widths of ids ready beyond the newest catalogue id
 KEYS = ("sigs", "hists")
 COLUMNS = {
     "sigs": "pid integer, obsid integer, band character(3), count real, mean real, std real,"
@@ -129,10 +135,34 @@ def _attach(cur, settings, key: str, part: str, bound: tuple[int, int] | None, d
     cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent, _rel(settings, part), spec))
 
 
+def next_width(cur, settings) -> int:
+    """Catalogue ids per new partition: PARTITION_ROWS over the sigs rows per extracted catalogue id in
+    the partitions written so far (the planner's row counts, kept by autovacuum), WIDTH before any."""
+    if relkind(cur, settings, base(settings, "sigs")) != "p":
+        return WIDTH
+    rows = ids = 0
+    for p in partitions(cur, settings, "sigs"):
+        if p.default or p.hi is None:
+            continue
+        cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    (_rel(settings, p.name).as_string(cur),))
+        tuples = cur.fetchone()[0]
+        if tuples <= 0:     # empty, or never analyzed (-1)
+            continue
+        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE status = 'extracted' AND id >= %s AND id < %s").format(
+            table(settings, "catalogue")), (-(2**31) if p.lo is None else p.lo, p.hi))
+        rows, ids = rows + tuples, ids + cur.fetchone()[0]
+    if not rows or not ids:
+        return WIDTH
+    return max(MIN_WIDTH, min(MAX_WIDTH, int(PARTITION_ROWS * ids / rows)))
+
+
 def ensure_partitions(cur, settings, top: int | None = None) -> list[str]:
-    """Partitions of sigs and hists covering every catalogue id and AHEAD more widths, plus the default
-    partition; returns the names created. Tables of the old layout (not yet upgraded) are left alone."""
+    """Partitions of sigs and hists covering every catalogue id and AHEAD more, plus the default
+    partition; returns the names created. New partitions are next_width() ids wide, after the highest
+    existing one. Tables of the old layout (not yet upgraded) are left alone."""
     top = _top_id(cur, settings) if top is None else top
+    width = next_width(cur, settings)
     created = []
     for key in KEYS:
         name = base(settings, key)
@@ -143,14 +173,14 @@ def ensure_partitions(cur, settings, top: int | None = None) -> list[str]:
         parts = partitions(cur, settings, key)
         default = next((p.name for p in parts if p.default), None)
         ranges = [(p.lo, p.hi) for p in parts if not p.default]
-        start = max((hi for lo, hi in ranges if lo is None and hi is not None), default=0)
-        for lo in range(start // WIDTH * WIDTH, (top // WIDTH + 1 + AHEAD) * WIDTH, WIDTH):
-            hi = lo + WIDTH
-            if any((a is None or a < hi) and (b is None or b > lo) for a, b in ranges):
-                continue
+        if any(hi is None for _, hi in ranges):   # a partition up to MAXVALUE (made by hand) covers the rest
+            continue
+        lo = max((hi for _, hi in ranges), default=0)
+        while lo <= top + AHEAD * width:
             part = f"{name}_obsid_{lo}"
-            _attach(cur, settings, key, part, (lo, hi), default)
+            _attach(cur, settings, key, part, (lo, lo + width), default)
             created.append(part)
+            lo += width
         if default is None:
             _attach(cur, settings, key, f"{name}_default", None, None)
             created.append(f"{name}_default")

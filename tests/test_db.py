@@ -171,3 +171,41 @@ def test_partitions_follow_the_catalogue(dbenv):
     # the default partition's row of obsid 250 moved into its partition; 450 waits in the default
     assert dbenv.query("SELECT tableoid::regclass::text, obsid FROM sigs ORDER BY obsid") == \
         [("sigs_obsid_200", 250), ("sigs_default", 450)]
+
+
+def test_new_partitions_are_sized_by_the_rows_each_extracted_scene_wrote(dbenv, monkeypatch):
+    import datetime as dt
+
+    from extractor import catalog
+    from extractor import partitions as partitioning
+    from extractor import settings as settings_mod
+
+    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    settings = settings_mod.load(environ={})
+    square = '{"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}'
+
+    def sync(first, count):
+        products = [catalog.Product(f"S1A_IW_GRDH_{i:04d}", dt.datetime(2024, 5, 1) + dt.timedelta(hours=i),
+                                    "1A", None, square, None) for i in range(first, first + count)]
+        conn = dbenv.conn()
+        conn.autocommit = False
+        catalog.store(conn, settings, "bs", products, catalog.SyncStats())
+        conn.commit()
+        conn.close()
+
+    sync(0, 40)   # 40 scenes extracted, 30 parcels x 2 bands each, into sigs_obsid_0
+    dbenv.query("UPDATE dias_catalogue SET status = 'extracted';"
+                " INSERT INTO sigs (pid, obsid, band) SELECT p, o, b FROM generate_series(1, 30) p,"
+                " (SELECT id FROM dias_catalogue) c(o), (VALUES ('VVb'), ('VHb')) v(b); ANALYZE sigs")
+    rows_per_scene = dbenv.query("SELECT count(*) / count(DISTINCT obsid) FROM sigs")[0][0]
+    monkeypatch.setattr(partitioning, "PARTITION_ROWS", 1500)
+    width = 1500 // rows_per_scene
+    sync(40, 260)   # catalogue ids up to 300: new partitions after sigs_obsid_100, `width` ids each
+    bounds = sorted(dbenv.query("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+                                " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sigs'::regclass"
+                                " AND c.relname NOT IN ('sigs_obsid_0', 'sigs_obsid_100', 'sigs_default')"),
+                    key=lambda r: int(r[0].rsplit("_", 1)[1]))
+    los = [int(name.rsplit("_", 1)[1]) for name, _ in bounds]
+    assert los == list(range(200, 300 + width + 1, width)), bounds
+    assert all(f"FROM ({lo}) TO ({lo + width})" in bound for lo, (_, bound) in zip(los, bounds)), bounds
+    assert partitions(dbenv, "hists") == {n.replace("sigs", "hists") for n in partitions(dbenv)}

@@ -76,7 +76,8 @@ def render(spec, hosts: list, manager_ip: str, data_device: str | None, volume_i
             # The role finds the volume's disk by its id (/dev/disk/by-id); the device name Nova reports
             # is only a hint that guests do not honour, kept for people reading the inventory.
             entry.update(ansible_host=manager_ip, ansible_ssh_common_args=common,
-                         cbm_data_device=data_device, cbm_data_volume_id=volume_id)
+                         cbm_data_device=data_device, cbm_data_volume_id=volume_id,
+                         cbm_data_volume_gb=spec.volume.size)
             manager_hosts[host.name] = entry
         else:
             proxy = jump_command(spec, files, manager_ip)
