@@ -46,6 +46,7 @@ from extractor import settings as settings_mod
 from extractor.extract import writer
 from sandbox.localdb import SEED_SIGS_HISTS, LocalPostgis
 
+LONG = "about an hour for both layouts up to 10^8 rows"   # python -m bench runs it only when named
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "db"
 CHECKPOINTS = (1_000_000, 10_000_000, 30_000_000, 100_000_000, 300_000_000, 1_000_000_000)
