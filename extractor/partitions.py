@@ -195,6 +195,15 @@ def _size(cur, settings, name: str) -> tuple[int, int]:
     return cur.fetchone()
 
 
+def _dependent_views(cur, settings, name: str) -> list[str]:
+    """Views and materialized views whose query reads the table."""
+    cur.execute("SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+                " JOIN pg_class v ON v.oid = r.ev_class WHERE d.classid = 'pg_rewrite'::regclass"
+                " AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %s::regclass AND v.oid <> d.refobjid"
+                " ORDER BY 1", (_rel(settings, name).as_string(cur),))
+    return [r[0] for r in cur.fetchall()]
+
+
 def _index_state(cur, settings, index: str) -> bool | None:
     """True: the index is valid; False: left invalid by an interrupted build; None: missing."""
     cur.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -230,6 +239,11 @@ def plan(cur, settings) -> list[Step]:
             continue
         if relkind(cur, settings, f"{name}_legacy") is not None:
             raise UserError(f"cannot upgrade table {name}: a table {name}_legacy already exists; rename or drop it")
+        views = _dependent_views(cur, settings, name)
+        if views:   # they are bound to the table, not its name: after the swap they would read the legacy rows only
+            raise UserError(f"cannot upgrade table {name}: view(s) {', '.join(views)} read it and would then see only "
+                            f"the rows written before the upgrade; save their definitions, drop them, run cbm db "
+                            f"init again, then re-create them")
         nbytes, nrows = _size(cur, settings, name)
         rel = _rel(settings, name)
         index, check = f"{name}_legacy_pid_obsid", f"{name}_legacy_obsid"

@@ -209,3 +209,18 @@ def test_new_partitions_are_sized_by_the_rows_each_extracted_scene_wrote(dbenv, 
     assert los == list(range(200, 300 + width + 1, width)), bounds
     assert all(f"FROM ({lo}) TO ({lo + width})" in bound for lo, (_, bound) in zip(los, bounds)), bounds
     assert partitions(dbenv, "hists") == {n.replace("sigs", "hists") for n in partitions(dbenv)}
+
+
+def test_upgrade_stops_before_anything_when_a_view_reads_the_old_table(dbenv):
+    seed_database(dbenv)
+    dbenv.query("CREATE VIEW my_ndvi AS SELECT pid, obsid, mean FROM sigs WHERE band = 'B08'")
+    before = (dbenv.query(SIGS_DIGEST), dbenv.query(HISTS_DIGEST))
+    for args in (("--dry-run",), ()):
+        proc = run_cbm("db", "init", *args, env=dbenv)
+        assert_one_line_error(proc, "cannot upgrade table sigs", "my_ndvi", "drop them", code=2)
+    assert dbenv.query("SELECT relkind FROM pg_class WHERE relname = 'sigs'") == [("r",)]
+    assert dbenv.query("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%legacy%'") == [(0,)]
+    assert (dbenv.query(SIGS_DIGEST), dbenv.query(HISTS_DIGEST)) == before
+    dbenv.query("DROP VIEW my_ndvi")
+    assert run_cbm("db", "init", env=dbenv).returncode == 0
+    assert dbenv.query("SELECT relkind FROM pg_class WHERE relname = 'sigs'") == [("p",)]
