@@ -35,7 +35,7 @@ class Deployment:
         self.prefix = f"cbm-{name}"
         data = yaml.safe_load(SANDBOX_SPEC.read_text())
         data.update(name=name, prefix=self.prefix, workers=workers, timeouts={"wait": 120, "api": 10})
-        data["volume"] = {"size": 1}
+        data["volume"] = {"size": 8}   # a sparse file; the least for workers: 0 (provision/cloud/spec.py)
         data.update(overrides)
         (folder / name).mkdir(parents=True)
         self.spec = folder / name / "deployment.yml"

@@ -97,6 +97,7 @@ def test_defaults_apply():
     (lambda d: d.pop("cloud"), ["'cloud'", "required"]),
     (lambda d: d["flavors"].pop("worker"), ["'flavors.worker'", "required"]),
     (lambda d: d.update(volume={"size": "big"}), ["'volume.size'", "whole number"]),
+    (lambda d: d.update(workers=0, volume={"size": 2}), ["'volume.size'", "workers: 0", "at least 8"]),
     (lambda d: d["networks"].pop("eodata"), ["'networks.eodata'", "required"]),
     (lambda d: d.update(db_port=2377), ["'db_port'", "swarm"]),
     (lambda d: d.update(colour="blue"), ["'colour'", "unknown key"]),

@@ -52,6 +52,9 @@ KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp3
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 RESERVED_NAMES = {"sandbox"}
+# GB: the least data volume of a manager that runs the extractor image (workers: 0, the continuous mode's
+# job): Docker keeps the image (about 0.8 GB) there next to PostGIS's image and the database.
+IMAGE_VOLUME_GB = 8
 TOP_KEYS = {"name", "cloud", "region", "prefix", "image", "flavors", "workers", "volume", "networks", "eodata",
             "db_port", "ingress", "ssh_user", "extra_authorized_keys", "tags", "timeouts"}
 
@@ -136,6 +139,20 @@ class Spec:
     def inventory_path(self) -> Path:
         """The Ansible inventory written by `cbm up`, next to the spec."""
         return self.path.parent / "hosts.yml"
+
+    def require_image_room(self, why: str) -> None:
+        """UserError (one line) unless the manager's data volume has room for the extractor image."""
+        problem = _image_room_problem(self.volume.size, why)
+        if problem:
+            raise UserError(f"{self.where}: key 'volume.size': {problem}")
+
+
+def _image_room_problem(size: int, why: str) -> str | None:
+    if size >= IMAGE_VOLUME_GB:
+        return None
+    return (f"{size} GB is too small for {why}: the manager's data volume holds the extractor image (about 0.8 GB) "
+            f"next to PostGIS; set it to at least {IMAGE_VOLUME_GB} (cbm up does not resize a volume it made: "
+            "extend that one in the cloud and grow its filesystem)")
 
 
 class _Checker:
@@ -274,6 +291,8 @@ def parse(data, path: Path, shown: Path | None = None) -> Spec:
     vol = c.mapping(c.required(data, "volume"), "volume", {"size", "type"})
     volume = Volume(size=c.integer(vol, "size", "volume.size", lo=1, hi=65536),
                     type=c.string(vol, "type", "volume.type"))
+    if workers == 0 and (problem := _image_room_problem(volume.size, "workers: 0")):
+        c.fail("volume.size", problem)
 
     nets = c.mapping(c.required(data, "networks"), "networks", {"private", "eodata", "floating_pool"})
     networks = Networks(**{k: c.string(nets, k, f"networks.{k}") or c.fail(f"networks.{k}", "is required")

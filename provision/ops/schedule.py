@@ -10,6 +10,11 @@
 Why a swarm service and not a systemd timer: one path for CDSE and the sandbox, whose hosts are
 containers without systemd; the swarm keeps the job running (restart any), and its timer is the
 schedule's next_at in the database, where `cbm status` reads the next and last runs.
+
+The job logs in as the owner of the tables: the catalog sync makes the sigs/hists partitions of new
+products (ATTACH PARTITION, owner only); it runs on the manager only, which holds the database's files
+and the owner's password anyway (README, Continuous mode). Its image lives on the manager's data
+volume: a spec whose volume.size is too small for it is refused first.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from extractor import db
 from extractor import schedule as jobs
 from extractor.errors import CbmError, UserError
+from provision.cloud import spec as specs
 from provision.ops import configure, deployment, extraction, onboard
 
 SERVICE = "cbm-schedule"
@@ -46,7 +52,9 @@ def install(spec_path: str, cards: str, every: str, lookback: str = "10d", check
     wanted = jobs.ordered_cards(cards)
     period = jobs.parse_duration(every, "--every")
     late = jobs.parse_duration(lookback, "--lookback", minimum=0)
-    dep = deployment.load(spec_path)
+    spec = specs.load(spec_path)
+    spec.require_image_room("the continuous mode's job")
+    dep = deployment.of_spec(spec)
     settings = deployment.deployment_settings(spec_path, config)
     record = onboard.read_record(dep)
     if not record.get("aoi") or not record.get("parcels"):
