@@ -102,19 +102,19 @@ def of_spec(spec: specs.Spec) -> Deployment:
 
 
 def _require_password(dep: Deployment) -> Path:
-    path = dep.files.password
-    if not path.is_file():
-        raise UserError(f"deployment {dep.name} has no database password on this machine ({path}); "
-                        f"run cbm configure {dep.spec.where} (cbm up does it too) first")
-    return path
+    return _require_secret(dep, dep.files.password, "database password", " (cbm up does it too)")
 
 
 def require_worker_password(dep: Deployment) -> Path:
     """The worker role's password file (made by `cbm configure`, which also makes the role)."""
-    path = dep.files.worker_password
+    return _require_secret(dep, dep.files.worker_password, "password of the workers' database role", "")
+
+
+def _require_secret(dep: Deployment, path: Path, what: str, also: str) -> Path:
+    """The secret file `cbm configure` writes, or a one-line UserError saying to run it."""
     if not path.is_file():
-        raise UserError(f"deployment {dep.name} has no password of the workers' database role on this machine "
-                        f"({path}); run cbm configure {dep.spec.where} first")
+        raise UserError(f"deployment {dep.name} has no {what} on this machine ({path}); "
+                        f"run cbm configure {dep.spec.where}{also} first")
     return path
 
 
