@@ -99,7 +99,7 @@ def register(sub):
     swarm.add_argument("--card", required=True, choices=cards.CARDS)
     swarm.add_argument("--res", type=int, choices=(-1, 10, 20), help="s2: -1 = SCL histograms, 10 or 20 m bands")
     swarm.add_argument("--all", action="store_true", help="every run of the card in order (s2: -1, 10, 20)")
-    swarm.add_argument("--replicas", type=int, help="worker tasks (default: the spec's worker count)")
+    swarm.add_argument("--replicas", type=int, help="worker tasks (default: one per worker, following `cbm up`)")
     swarm.add_argument("--lease", type=int, help="seconds a claim lives without heartbeat (default: extract.lease)")
     swarm.add_argument("--aoi", help="default: the onboarded AOI")
     swarm.add_argument("--parcels", metavar="TABLE", help="default: the onboarded parcel table")

@@ -13,14 +13,20 @@ One Guard per claimed scene (worker._scenes), from the claim to the commit:
             at the lease every POLL seconds meanwhile. A call still running at the bound raises
             SceneStuck: GDAL cannot be interrupted, so the worker gives the scene back and exits
             (the swarm starts a fresh worker; the stuck thread ends with the process).
+  * stop    SIGTERM (a drained node, `docker service rm`, `docker stop`) sets the worker's StopRequest;
+            check() and the wait for a read raise Stopped at once (a read that hangs is not waited
+            for): the worker gives the scene back without using an attempt and exits 0. A scene whose
+            bands are all read and computed is still written (the write is its last step).
 The write (COPY and the status, one transaction) comes after the last check: claims.finish only
 commits while the claim is ours, so a worker that lost its lease can never write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -43,9 +49,58 @@ class SceneStuck(SceneTimeout):
     """A storage call did not return within extract.scene_timeout: given back, the worker exits."""
 
 
+class Stopped(Exception):
+    """The worker was asked to stop: the scene is given back at once (its attempt not counted)."""
+
+
+class StopRequest:
+    """Whether the worker was asked to stop. Set by a signal handler (one attribute written: safe in a
+    handler, whatever the main thread was doing), looked at between the steps of a scene (Guard) and
+    between scenes (the worker)."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.why is not None
+
+    def _handler(self, signum, _frame) -> None:
+        self.signum, self.why = signum, f"the worker was asked to stop ({signal.Signals(signum).name})"
+
+    @contextlib.contextmanager
+    def on(self, *signums: int):
+        """Set this request when one of the signals comes, inside the block (Python lets only its main
+        thread set handlers: a worker run in another thread keeps the process's handlers). After the
+        block, a signal that came is passed on to the Python handler the process had before, if any
+        (e.g. the schedule's job, which runs workers in its process and must stop too)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handler) for s in signums}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+            if self.signum is not None and callable(previous.get(self.signum)):
+                previous[self.signum](self.signum, None)
+
+    def check(self) -> None:
+        if self.why:
+            raise Stopped(self.why)
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep(seconds), ended early by the request (a signal does not end time.sleep)."""
+        end = time.monotonic() + seconds
+        while not self.why and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, POLL))
+
+
 class Guard:
-    def __init__(self, settings, c: claims.Claim):
+    def __init__(self, settings, c: claims.Claim, stop: StopRequest | None = None):
         self.settings, self.claim = settings, c
+        self.stop_request = stop if stop is not None else StopRequest()
         self.timeout = float(settings.extract.scene_timeout)
         self.deadline = time.monotonic() + self.timeout
         self.lost: str | None = None   # why the run is not ours any more
@@ -68,8 +123,9 @@ class Guard:
 
     # -- the scene's thread ----------------------------------------------------------------------
     def check(self) -> None:
-        """Between two steps of the scene: LeaseLost or SceneTimeout when the scene must stop."""
+        """Between two steps of the scene: LeaseLost, Stopped or SceneTimeout when the scene must stop."""
         self.check_lease()
+        self.stop_request.check()
         if time.monotonic() >= self.deadline:
             raise SceneTimeout(self._too_long())
 
@@ -90,6 +146,7 @@ class Guard:
         """fut's result (or its exception), waited for until the bound at most."""
         while True:
             self.check_lease()
+            self.stop_request.check()
             left = self.deadline - time.monotonic()
             if left <= 0:
                 if fut.done():   # it returned, but the bound has passed

@@ -11,12 +11,16 @@ during a scene, the scene is given back (storage.StorageFault) and the worker wa
 with a backoff (extract.backoff, doubled up to 120 s) for at most extract.outage_wait seconds. When
 it loses the database (PostGIS restarting), the scene in progress is not written; the worker
 reconnects with the same backoff and bound and gives that scene back (its attempt not counted).
+On SIGTERM (the swarm drains the node or removes the service; python as a container's PID 1 would
+ignore it without a handler) the scene in progress stops at its next step, is given back at once
+without using an attempt (nothing written), and the worker exits 0 (guard.StopRequest).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -48,6 +52,7 @@ class Context:
     scene_memo: dict = field(default_factory=dict)
     done: int = 0   # scenes processed
     current: claims.Claim | None = None   # the scene being processed (given back after a lost database)
+    stop: guard.StopRequest = field(default_factory=guard.StopRequest)   # set by SIGTERM
 
 
 @dataclass
@@ -220,11 +225,17 @@ def process(conn, ctx: Context, c: claims.Claim, g: guard.Guard) -> SceneResult:
 
 def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, end=None, once=False,
         out=print) -> int:
-    """The worker loop; returns the number of scenes processed. Exits when nothing is left."""
+    """The worker loop; returns the number of scenes processed. Exits when nothing is left, or on SIGTERM."""
+    with guard.StopRequest().on(signal.SIGTERM) as stop:
+        return _run(settings, card, res, stop, aoi=aoi, parcels=parcels, start=start, end=end, once=once, out=out)
+
+
+def _run(settings, card: str, res: int, stop: guard.StopRequest, *, aoi, parcels, start, end, once, out) -> int:
     x = settings.extract
     conn = db.connect(settings)
     try:
         ctx = make_context(conn, settings, card, res, aoi or x.aoi, parcels or x.parcels, start or x.start, end or x.end)
+        ctx.stop = stop
         storage.check(settings)
         kernels.warm_up(np.uint8 if ctx.spec.histogram else (np.uint16 if card == "s2" else np.float32),
                         ctx.spec.histogram)
@@ -238,14 +249,21 @@ def run(settings, card: str, res: int, *, aoi=None, parcels=None, start=None, en
                 _close(conn)
                 out(f"lost the database {db.describe(settings)} ({one_line(exc, 200)}); a scene in progress "
                     "was not written (it is given back once the database answers)")
-                wait_out(settings, out, f"the database {db.describe(settings)}", lambda: _db_problem(settings))
+                wait_out(settings, out, f"the database {db.describe(settings)}", lambda: _db_problem(settings),
+                         stop)
                 conn = db.connect(settings)
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # while starting
         raise CbmError(f"lost the database {db.describe(settings)} ({one_line(exc, 200)}); nothing was "
                        "claimed") from None
+    except guard.Stopped:   # while waiting for the storage or the database
+        if ctx.current is not None:
+            _try_release(settings, ctx.current, f"given back: {stop.why}", attempt=False)
     finally:
         _close(conn)
-    out(f"no scene left for card {card} run {res}: processed {ctx.done} scene(s)")
+    if stop:
+        out(f"{stop.why}: stopped after {ctx.done} scene(s)")
+    else:
+        out(f"no scene left for card {card} run {res}: processed {ctx.done} scene(s)")
     return ctx.done
 
 
@@ -257,22 +275,31 @@ def _scenes(conn, ctx: Context, once: bool, out) -> None:
         ctx.current = None
     while not (once and ctx.done):
         ctx.current = None  # (still set when a lost database ends this function)
+        if ctx.stop:
+            return
         for obsid in claims.sweep_exhausted(conn, settings, ctx.spec):
             out(f"scene {obsid}: {cards.MAX_ATTEMPTS} (claimed {x.max_attempts} times without finishing)")
         c = claims.claim(conn, settings, ctx.spec, ctx.filters, ctx.owner)
         if c is None:
             if once or claims.live_leases(conn, settings, ctx.spec) == 0:
                 break
-            time.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
+            ctx.stop.sleep(float(x.poll))  # other workers are busy; one may die and need replacing
             continue
         ctx.current = c
-        with guard.Guard(settings, c) as g:
+        with guard.Guard(settings, c, ctx.stop) as g:
             try:
                 result = process(conn, ctx, c, g)
             except claims.LeaseLost as exc:  # the new owner has it: nothing to give back
                 _rollback(conn)
                 out(f"scene {c.obsid} {c.reference}: {exc}; nothing written")
                 continue
+            except guard.Stopped as exc:  # SIGTERM: back to the queue now, not when the lease ends
+                _rollback(conn)
+                claims.release(conn, settings, c, f"given back: {exc}", attempt=False)
+                ctx.current = None
+                out(f"scene {c.obsid} {c.reference} run {c.res}: given back at once, {exc}; nothing written, "
+                    "its attempt not counted")
+                return
             except guard.SceneStuck as exc:
                 _rollback(conn)
                 _try_release(settings, c, f"timeout: {exc}")
@@ -289,7 +316,7 @@ def _scenes(conn, ctx: Context, once: bool, out) -> None:
                 _rollback(conn)
                 claims.release(conn, settings, c, f"storage: {one_line(exc)}", storage_fault=True)
                 out(f"scene {c.obsid} {c.reference}: given back, the storage did not answer ({exc})")
-                wait_out(settings, out, storage.describe(settings), lambda: storage.problem(settings))
+                wait_out(settings, out, storage.describe(settings), lambda: storage.problem(settings), ctx.stop)
                 continue
             except CbmError:
                 _rollback(conn)
@@ -327,14 +354,15 @@ def _db_problem(settings) -> str | None:
     return None
 
 
-def wait_out(settings, out, what: str, problem) -> None:
+def wait_out(settings, out, what: str, problem, stop: guard.StopRequest) -> None:
     """Wait until `problem()` says nothing is wrong any more (backoff from extract.backoff, doubled
-    up to 120 s), or give up with one line after extract.outage_wait seconds."""
+    up to 120 s), or give up with one line after extract.outage_wait seconds; guard.Stopped on SIGTERM."""
     x = settings.extract
     delay, waited = max(float(x.backoff), 0.1), 0.0
     while True:
         out(f"waiting {delay:.0f} s for {what}")
-        time.sleep(delay)
+        stop.sleep(delay)
+        stop.check()
         waited += delay
         why = problem()
         if why is None:
@@ -355,11 +383,11 @@ def _rollback(conn) -> None:
             pass
 
 
-def _try_release(settings, c: claims.Claim, detail: str) -> None:
+def _try_release(settings, c: claims.Claim, detail: str, attempt: bool = True) -> None:
     try:
         conn = db.connect(settings)
         try:
-            claims.release(conn, settings, c, detail)
+            claims.release(conn, settings, c, detail, attempt=attempt)
         finally:
             conn.close()
     except Exception as exc:  # noqa: BLE001 - best effort; the lease expires anyway

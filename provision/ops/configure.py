@@ -22,7 +22,7 @@ import yaml
 from extractor.errors import UserError, one_line
 from provision.hosts import ansible
 from provision.hosts.files import DeploymentFiles
-from provision.ops import deployment
+from provision.ops import deployment, extractor_image
 
 EXTRA_VARS_FILE = "configure.yml"
 
@@ -43,13 +43,17 @@ def user_vars(spec) -> dict:
 
 def role_vars(spec) -> dict:
     """Every playbook's variables: configure.yml, the state folder (the password files in it are made
-    here, once), the authorized keys and the networks the database admits over TLS (ingress.db)."""
+    here, once), the authorized keys, the networks the database admits over TLS (ingress.db) and the
+    extractor image the hosts were last given (site.yml loads it on a worker before it joins the swarm,
+    so a worker added during an extraction takes tasks at once)."""
     files = DeploymentFiles(spec.name)
     files.ensure_password()
     files.ensure_worker_password()
+    image, archive = extractor_image.archived(files.images) or ("", "")
     return {**user_vars(spec), "cbm_state_dir": str(files.root),
             "cbm_extra_authorized_keys": list(spec.extra_authorized_keys),
-            "cbm_db_ingress": list(spec.ingress.db)}
+            "cbm_db_ingress": list(spec.ingress.db),
+            "cbm_extractor_image": image, "cbm_extractor_image_archive": str(archive)}
 
 
 def run(spec, playbook: str, extravars: dict | None = None, check: bool = False, out=None,

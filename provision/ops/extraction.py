@@ -1,12 +1,14 @@
 """Extraction on the deployment's swarm, ending by itself (`cbm extract swarm SPEC --card C [--res R | --all]`).
 
 For each run (card, resolution): build the extractor image here (provision/ops/extractor_image.py), hand
-it to the workers (`docker save` archive, roles/extractor_service), run it as a swarm service of N
-replicas on the workers (playbooks/extract.yml; on the manager when the deployment has no workers,
-`workers: 0`: one box runs PostGIS and the extraction), follow the progress in the database (scenes done
-and left, rows written, rate, ETA), and remove the service as soon as no scene of the run is left
-to claim or in progress. `--card s2 --all` runs the seed's S2 order: SCL histograms (-1), then
-10 m, then 20 m bands, each run tracked on its own (extraction_runs), no status is reset.
+it to the workers (`docker save` archive, roles/extractor_service), run it as a swarm service with one
+task per worker (global mode: a worker `cbm up` adds meanwhile gets a task as it joins, a drained one
+gives its scene back at once; `--replicas N`: N tasks) (playbooks/extract.yml; on the manager when the
+deployment has no workers, `workers: 0`: one box runs PostGIS and the extraction), follow the progress
+in the database (scenes done and left, rows written, rate, ETA), and remove the service as soon as no
+scene of the run is left to claim or in progress. `--card s2 --all` runs the seed's S2 order: SCL
+histograms (-1), then 10 m, then 20 m bands, each run tracked on its own (extraction_runs), no status
+is reset.
 
 Workers that die are restarted by the swarm (restart on failure); their scene is taken back when
 its lease expires (extract.lease). A progress poll that fails (PostGIS restarting, the network) is
@@ -93,9 +95,9 @@ def image_archive(dep, base_image: str | None = None, out=print) -> tuple[str, P
     base = base_image or configure.user_vars(dep.spec).get("extractor_image_base") or extractor_image.PRODUCTION_BASE
     out(f"== extractor image (base {base})")
     image = extractor_image.build(base=base)
-    archive = dep.files.images / f"{image.replace('/', '_').replace(':', '-')}.tar"
+    archive = extractor_image.archive_path(dep.files.images, image)
     if not archive.exists():  # the tag names the content: an archive of it is never stale
-        for old in archive.parent.glob("cbm_extractor-*.tar"):
+        for old in archive.parent.glob(f"{extractor_image.ARCHIVE_PREFIX}*.tar*"):
             old.unlink()
         extractor_image.save(image, archive)
     return image, archive
@@ -214,6 +216,7 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
     if not aoi or not parcels:
         raise UserError(f"no AOI/parcel table known for deployment {dep.name}; run cbm onboard {spec_path} first "
                         "or pass --aoi and --parcels")
+    mode = "replicated" if replicas else "global"   # global: one task per worker, as many as there are
     replicas = replicas or max(1, dep.spec.workers)
     products, where = storage_vars(dep, settings)
     image, archive = image_archive(dep, base_image, out)
@@ -234,12 +237,13 @@ def swarm(spec_path: str, card: str, res: int | None = None, all_runs: bool = Fa
                   "extractor_service_password_file": str(worker_password)}
         _playbook(dep.spec, {**common, "extractor_service_state": "present",
                               "extractor_service_image_archive": str(archive),
-                              "extractor_service_replicas": replicas,
+                              "extractor_service_mode": mode, "extractor_service_replicas": replicas,
                               "extractor_service_db_port": dep.db_port,
                               "extractor_service_args": ["run", "--card", card, "--res", str(r)],
                               "extractor_service_env": env, **products}, out,
-                  # the image is loaded on the hosts once; the later runs need only the manager, so that
-                  # a worker taken out of the swarm meanwhile (`cbm up` with fewer workers) is not waited for
+                  # the image is loaded on the hosts once (a worker `cbm up` adds meanwhile gets it from
+                  # site.yml); the later runs need only the manager, so that a worker taken out of the
+                  # swarm meanwhile (`cbm up` with fewer workers) is not waited for
                   limit=None if i == 0 else "manager")
         t0 = time.monotonic()
         try:

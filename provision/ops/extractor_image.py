@@ -9,8 +9,10 @@ debootstrapped `cbm-sandbox/base:bookworm`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -97,13 +99,36 @@ def build(base: str = PRODUCTION_BASE, rebuild: bool = False) -> str:
     return image
 
 
+ARCHIVE_PREFIX = REPOSITORY.replace("/", "_") + "-"
+ARCHIVE_SUFFIX = ".tar.gz"
+
+
+def archive_path(folder: Path, image: str) -> Path:
+    """Where the `docker save` archive of one of our images lives in a deployment's images folder."""
+    return folder / f"{ARCHIVE_PREFIX}{image.split(':', 1)[1]}{ARCHIVE_SUFFIX}"
+
+
+def archived(folder: Path) -> tuple[str, Path] | None:
+    """The newest image archived in the folder and its archive (what the hosts were last given), or None."""
+    archives = sorted(folder.glob(f"{ARCHIVE_PREFIX}*{ARCHIVE_SUFFIX}"), key=lambda p: p.stat().st_mtime) \
+        if folder.is_dir() else []
+    if not archives:
+        return None
+    return f"{REPOSITORY}:{archives[-1].name[len(ARCHIVE_PREFIX):-len(ARCHIVE_SUFFIX)]}", archives[-1]
+
+
 def save(image: str, out: Path) -> Path:
-    """`docker save` the image to a tarball (for `docker load` on hosts without a registry)."""
+    """`docker save` the image to a gzipped tarball (for `docker load` on hosts without a registry; about
+    2.5 times smaller, so every host that needs the image gets it that much sooner)."""
     out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    proc = subprocess.run(["docker", "save", "-o", str(partial), image], capture_output=True, text=True)
-    if proc.returncode != 0:
+    partial = out.with_name(out.name + ".partial")
+    with open(partial, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as packed:
+        proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        shutil.copyfileobj(proc.stdout, packed, 1 << 20)
+        err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
         partial.unlink(missing_ok=True)
-        raise CbmError(f"docker save {image} failed: {proc.stderr.strip()}")
+        raise CbmError(f"docker save {image} failed: {err.strip()}")
     partial.rename(out)
     return out
