@@ -18,6 +18,8 @@ At each checkpoint (10^6, 10^7, 3*10^7, 10^8 sigs rows, up to --rows):
   delete    the maintenance delete of clouded observations (seed: its one DELETE; ours: cbm maintain
             clouded's count + batches), in a transaction rolled back, so the growth goes on untouched
   status    the progress queries of `cbm status` (extractor/progress.py)
+  also      checkpoints and autovacuum/autoanalyze runs so far, and the machine's 1-minute load, so a
+            slow figure can be told from a busy machine
 The server has a deployment's settings, durable (fsync and full-page writes on, unlike the tests'
 throwaway server) and tuned as roles/postgis tunes a manager with this machine's memory.
 One layout at a time (the disk holds one), dropped after; results go to bench/out/db/results.json, so
@@ -239,6 +241,11 @@ def measure(pg, connect, grower: Grower, ours: bool) -> dict:
         row["hists_bytes"] = total_bytes(cur, "hists")
         cur.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'sigs'::regclass")
         row["partitions"] = cur.fetchone()[0]
+        # what else ran during the growth so far: the server's background work and the machine's load
+        cur.execute("SELECT checkpoints_timed + checkpoints_req, (SELECT sum(autovacuum_count + autoanalyze_count)"
+                    " FROM pg_stat_user_tables) FROM pg_stat_bgwriter")
+        row["checkpoints"], row["autovacuums"] = (int(v or 0) for v in cur.fetchone())
+    row["load1"] = os.getloadavg()[0]
     conn.commit()
     times = []
     for _ in range(3):

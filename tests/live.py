@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -108,6 +109,24 @@ class LiveDeployment:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 return cur.fetchall() if cur.description else None
+
+    def assert_same_rows(self, query: str, expected: list) -> None:
+        """The rows of `query` (pid, catalogue reference, band or hist, ...) equal `expected` (sorted). On a
+        difference the message says which products and bands lack or have extra rows, with the products'
+        statuses and extraction runs, instead of a diff of thousands of values."""
+        actual = sorted(self.query(query))
+        if actual == expected:
+            return
+        have, want = Counter(actual), Counter(expected)
+        missing, extra = want - have, have - want
+        by = lambda rows: sorted(Counter((r[1], r[2] if len(r) > 3 else "hist") for r in rows.elements()).items())
+        refs = sorted({r[1] for r in (missing + extra).elements()})
+        runs = self.query("SELECT c.reference, c.status, r.res, r.status, r.attempts, r.rows, r.detail"
+                          " FROM dias_catalogue c LEFT JOIN extraction_runs r ON r.obsid = c.id"
+                          " WHERE c.reference = ANY(%s) ORDER BY 1, 3", (refs,))
+        raise AssertionError(f"{sum(missing.values())} rows missing, {sum(extra.values())} extra (of "
+                             f"{len(expected)} expected); missing by product and band: {by(missing)[:20]}; extra: "
+                             f"{by(extra)[:20]}; those products' status and runs: {runs}")
 
     def ssh(self, group: str, index: int, command: str, check: bool = True) -> str:
         """Run a command on a host (workers through the manager, as Ansible reaches them)."""

@@ -132,8 +132,8 @@ def test_swarm_extraction_survives_a_killed_worker(e2e, reference):
     for card in ("bs", "c6"):
         e2e.cbm("extract", "swarm", str(e2e.spec), "--card", card, "--all")
     sigs, hists = reference
-    assert sorted(e2e.query(SIGS)) == sigs
-    assert sorted(e2e.query(HISTS)) == hists
+    e2e.assert_same_rows(SIGS, sigs)
+    e2e.assert_same_rows(HISTS, hists)
     assert e2e.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
     assert "cbm-extract" not in e2e.ssh("manager", 0, "sudo docker service ls --format '{{.Name}}'")
     statuses = dict(e2e.query("SELECT status, count(*) FROM dias_catalogue GROUP BY 1"))
@@ -150,7 +150,7 @@ def test_upgrade_while_extracting(e2e, reference):
     out, _ = extraction.communicate(timeout=1800)
     assert extraction.returncode == 0, out[-4000:]
     sigs, _ = reference
-    assert sorted(e2e.query(SIGS)) == sigs
+    e2e.assert_same_rows(SIGS, sigs)
     nodes = e2e.ssh("manager", 0, "sudo docker node ls --format '{{.Status}} {{.Availability}}'").split("\n")
     assert [n for n in nodes if n.strip()] == ["Ready Active"] * 3, nodes
 
@@ -187,8 +187,8 @@ def test_swarm_extraction_follows_a_postgis_restart(e2e, reference):
     assert e2e.query(f"SELECT r.status, count(*) FROM extraction_runs r WHERE obsid IN ({scenes})"
                      " AND finished_at > pg_postmaster_start_time() GROUP BY 1") == [("extracted", 4)]
     sigs, hists = reference
-    assert sorted(e2e.query(SIGS)) == sigs
-    assert sorted(e2e.query(HISTS)) == hists
+    e2e.assert_same_rows(SIGS, sigs)
+    e2e.assert_same_rows(HISTS, hists)
     assert e2e.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
     assert e2e.query("SELECT count(*) FROM hists GROUP BY pid, obsid HAVING count(*) > 1") == []
 

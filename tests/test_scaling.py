@@ -149,8 +149,8 @@ def test_scaling_2_3_1_during_an_extraction_loses_no_scene(extracted):
     assert extraction.returncode == 0, out[-4000:]
     assert nodes(dep) == ["cbm-live-manager Ready Active", "cbm-live-worker-1 Ready Active",
                           "cbm-live-worker-2 Ready Active"]
-    assert sorted(dep.query(SIGS)) == sigs
-    assert sorted(dep.query(HISTS)) == hists
+    dep.assert_same_rows(SIGS, sigs)
+    dep.assert_same_rows(HISTS, hists)
     assert dep.query("SELECT count(*) FROM sigs GROUP BY pid, obsid, band HAVING count(*) > 1") == []
     assert dep.query("SELECT count(*) FROM hists GROUP BY pid, obsid HAVING count(*) > 1") == []
     statuses = dict(dep.query("SELECT status, count(*) FROM dias_catalogue WHERE card = 's2' GROUP BY 1"))
