@@ -23,6 +23,15 @@ CDSE_REPLIES = REPO / "tests" / "data" / "cdse"  # recorded CDSE resto replies (
 _db_counter = itertools.count()
 
 
+# Modules that leave the shared live deployment in another shape (test_scaling: 1 worker instead of 2)
+# run after every other test, so that none has to rebuild it (a worker costs a configure run).
+LAST_MODULES = ("test_scaling.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name in LAST_MODULES)   # stable: the file order otherwise
+
+
 @pytest.fixture(scope="session")
 def postgis():
     """One PostGIS server for the session, with a template database that has the extension."""
