@@ -28,8 +28,15 @@ _db_counter = itertools.count()
 LAST_MODULES = ("test_scaling.py",)
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
+    """The order above, and the units `pytest -n 2 --dist loadgroup` (./run test) hands to its workers:
+    a module at a time (its module fixtures are built once, its tests run in file order), and every
+    module that uses the shared live deployment in one unit, "live", so that one worker builds it."""
     items.sort(key=lambda item: item.path.name in LAST_MODULES)   # stable: the file order otherwise
+    live = {item.path for item in items if "live_deployment" in item.fixturenames}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("live" if item.path in live else item.path.stem))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ debootstrapped `cbm-sandbox/base:bookworm`.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import logging
@@ -74,6 +75,16 @@ def build(base: str = PRODUCTION_BASE, rebuild: bool = False) -> str:
     image = f"{REPOSITORY}:{version('cbm-onboard')}-{recipe[:10]}"
     if not rebuild and _image_recipe(image) == recipe:
         return image
+    # one build at a time on this machine (`cbm fleet` over deployments, two commands at once): the
+    # second waits and finds the image built
+    with open(Path(tempfile.gettempdir()) / "cbm-extractor-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rebuild and _image_recipe(image) == recipe:
+            return image
+        return _build(image, base, recipe)
+
+
+def _build(image: str, base: str, recipe: str) -> str:
     log.warning("building %s from %s", image, base)
     with tempfile.TemporaryDirectory(prefix="cbm-extractor-image-") as tmp:
         ctx = Path(tmp)

@@ -21,6 +21,8 @@ its own dockerd (on an anonymous volume at /var/lib/docker, not overlay-on-overl
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -357,12 +359,31 @@ def ensure_base_image(rebuild: bool = False) -> str:
     return BASE_IMAGE
 
 
+@contextlib.contextmanager
+def _building():
+    """One image build at a time on this machine (two sandboxes starting together build it once)."""
+    with open(Path(tempfile.gettempdir()) / "cbm-sandbox-images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_host_image(rebuild: bool = False) -> str:
     """Build `cbm-sandbox/host:bookworm` (from the base image) unless it exists with this recipe."""
     recipe = _recipe()
-    labels = image_labels(HOST_IMAGE)
-    if not rebuild and labels is not None and labels.get(f"{LABEL}.recipe") == recipe:
+
+    def current() -> bool:
+        labels = image_labels(HOST_IMAGE)
+        return not rebuild and labels is not None and labels.get(f"{LABEL}.recipe") == recipe
+
+    if current():
         return HOST_IMAGE
+    with _building():
+        if current():   # built meanwhile by another process
+            return HOST_IMAGE
+        return _build_host_image(recipe)
+
+
+def _build_host_image(recipe: str) -> str:
     ensure_base_image()
     log.warning("building %s (apt-get install in the base image; about half a minute)", HOST_IMAGE)
     with tempfile.TemporaryDirectory(prefix="cbm-sandbox-host-") as tmp:
